@@ -1,0 +1,1 @@
+"""PyTorch checkpoint -> ONNX model bundle: the only package that imports both torch and onnx."""

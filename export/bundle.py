@@ -1,0 +1,123 @@
+"""Write a model bundle: the graphs, one shared weights file, the tokenizer and a manifest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import numpy_helper
+from onnx.external_data_helper import set_external_data
+
+from export.graphs import export_graph
+from model.transformer import AttentionLM
+from service import contract
+
+log = logging.getLogger(__name__)
+
+# Offsets in the weights file are page aligned so ONNX Runtime can memory-map the tensors.
+ALIGN = 4096
+# Tensors smaller than this stay inside the graph file: shapes and scalars are not worth sharing.
+MIN_EXTERNAL_BYTES = 1024
+OPSET = 17
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class SharedWeights:
+    """Stores each distinct tensor once in weights.bin, however many graphs refer to it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "wb")
+        self._offsets: dict[tuple, tuple[int, int]] = {}
+
+    def externalize(self, model: onnx.ModelProto) -> None:
+        for tensor in model.graph.initializer:
+            data = numpy_helper.to_array(tensor).tobytes()
+            if len(data) < MIN_EXTERNAL_BYTES:
+                continue
+            key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(data).hexdigest())
+            if key not in self._offsets:
+                pad = -self._file.tell() % ALIGN
+                self._file.write(b"\0" * pad)
+                self._offsets[key] = (self._file.tell(), len(data))
+                self._file.write(data)
+            offset, length = self._offsets[key]
+            tensor.ClearField("float_data")
+            tensor.raw_data = data  # set_external_data insists on raw_data being present
+            set_external_data(tensor, location=self.path.name, offset=offset, length=length)
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_bundle(
+    model: AttentionLM, tokenizer_json: str, metrics: dict, out_dir: Path, name: str, version: str
+) -> dict:
+    """Export every graph into out_dir and write the manifest; returns the manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.iterdir():
+        if stale.is_file():
+            stale.unlink()
+    weights = SharedWeights(out_dir / contract.WEIGHTS_FILE)
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, filename in contract.GRAPH_FILES.items():
+            raw_path = Path(tmp) / filename
+            export_graph(model, kind, str(raw_path), opset=OPSET)
+            proto = onnx.load(str(raw_path))
+            weights.externalize(proto)
+            onnx.save(proto, str(out_dir / filename))
+    weights.close()
+    (out_dir / contract.TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+    for filename in contract.GRAPH_FILES.values():
+        onnx.checker.check_model(str(out_dir / filename))
+
+    cfg = model.cfg
+    files = sorted([*contract.GRAPH_FILES.values(), contract.WEIGHTS_FILE, contract.TOKENIZER_FILE])
+    manifest = {
+        "format": contract.BUNDLE_FORMAT,
+        "name": name,
+        "version": version,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "model_config": cfg.to_dict(),
+        "vocab_size": cfg.vocab_size,
+        "context_length": cfg.context_length,
+        "opset": OPSET,
+        "inputs": list(contract.INPUT_NAMES),
+        "graphs": {kind: {"file": f, "output": contract.OUTPUT_NAMES[kind]} for kind, f in contract.GRAPH_FILES.items()},
+        "files": {f: sha256_file(out_dir / f) for f in files},
+        "training": {
+            k: metrics.get(k)
+            for k in (
+                "corpus_sha256", "val_nats_per_char", "bigram_val_nats_per_char", "train_seconds",
+                "tokens_seen", "tokens_per_second", "hardware", "val_chars", "val_tokens", "train_config",
+            )
+        },
+    }
+    (out_dir / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    total = sum((out_dir / f).stat().st_size for f in files)
+    log.info("bundle %s: %.1f MB in %d files", out_dir, total / 1e6, len(files) + 1)
+    return manifest

@@ -1,0 +1,1 @@
+"""The self-attention language model: PyTorch only, never imported by the service."""

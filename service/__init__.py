@@ -1,0 +1,1 @@
+"""attnserve: serves an exported attention language model with ONNX Runtime (never torch)."""
