@@ -1,0 +1,60 @@
+"""Start the server: python -m service (settings from the environment, see the README)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.bundle import load_bundle
+from service.engine import choose_providers
+from service.errors import BundleError, DeviceError
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+class DrainingServer(uvicorn.Server):
+    """Flips readiness to 503 the moment SIGTERM/SIGINT arrives, before uvicorn starts draining."""
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        app = self.config.loaded_app
+        state = getattr(app, "state", None) or getattr(getattr(app, "app", None), "state", None)
+        if state is not None:
+            state.draining = True
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+
+def main() -> int:
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors())
+        print(f"attnserve: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        bundle = load_bundle(settings.model_dir)
+        choose_providers(settings.device)
+    except (BundleError, DeviceError) as e:
+        log.error("cannot start: %s", e)
+        return 2
+    config = uvicorn.Config(
+        create_app(settings, bundle),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # the middleware counts every request in /metrics; logs them at debug level
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+    DrainingServer(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The FastAPI application: create_app() plus a lifespan that owns the model and the batchers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.bundle import Bundle, load_bundle
+from service.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
+from service.inference import InferenceService
+from service.metrics import Metrics
+from service.middleware import RequestContext
+from service.routes import health, v1
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, kind: str, message: str, details: list | None = None, headers: dict | None = None) -> JSONResponse:
+    body: dict = {"type": kind, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = bundle or load_bundle(settings.model_dir)
+        service = InferenceService(loaded, settings, metrics)
+        service.warm_up()
+        service.start()
+        app.state.service = service
+        app.state.ready = True
+        log.info("ready: serving %s on %s", loaded.name, service.engine.provider)
+        yield
+        app.state.ready = False
+        app.state.draining = True
+        await service.stop(grace_s=settings.request_timeout_s)
+        log.info("stopped")
+
+    app = FastAPI(
+        title="attnserve",
+        summary="Next-token prediction and attention weights from a self-attention language model.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.ready = False
+    app.state.draining = False
+    app.state.metrics = metrics
+    app.include_router(v1)
+    app.include_router(health)
+    routes = {r.path for r in app.routes if hasattr(r, "path")}
+    app.add_middleware(
+        RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes, routes=routes, state=app.state
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        if any(e["type"] == "json_invalid" for e in errors):
+            return _error(400, "malformed_json", "the request body is not valid JSON", errors)
+        summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
+        return _error(422, "invalid_request", summary, errors)
+
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> JSONResponse:
+        return _error(422, "invalid_input", str(exc))
+
+    @app.exception_handler(QueueFullError)
+    async def queue_full(_: Request, exc: QueueFullError) -> JSONResponse:
+        return _error(503, "overloaded", str(exc), headers={"Retry-After": "1"})
+
+    @app.exception_handler(DrainingError)
+    async def draining(_: Request, exc: DrainingError) -> JSONResponse:
+        return _error(503, "draining", str(exc), headers={"Retry-After": "1"})
+
+    @app.exception_handler(InferenceTimeoutError)
+    async def timeout(_: Request, exc: InferenceTimeoutError) -> JSONResponse:
+        return _error(504, "timeout", str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error(500, "internal_error", "internal error; see the server log")
+
+    return app

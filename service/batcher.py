@@ -1,0 +1,171 @@
+"""Dynamic batching: rows from concurrent requests go to the model together.
+
+Each row waits in a bounded queue as a small item holding its input and a future. One consumer
+task per endpoint takes the first waiting row, then keeps taking rows until the batch is full or
+MAX_BATCH_DELAY_MS has passed since that first row arrived; rows whose caller has gone are dropped
+before the model runs. The model call goes to a dedicated executor so the event loop keeps
+answering health checks and taking requests while a batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import DrainingError, QueueFullError
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[Sequence[Any]], Sequence[Any]]
+
+
+@dataclass
+class _Row:
+    payload: Any
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
+    # A caller that timed out or disconnected has cancelled its future; setting it would raise.
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class BatchObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def queue_depth(self, rows: int) -> None: ...
+
+    def batch_done(self, size: int, queue_waits: list[float], inference_s: float) -> None: ...
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        executor: Executor,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue_rows: int,
+        name: str = "batcher",
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue_rows = max_queue_rows
+        self.name = name
+        self._observer = observer or BatchObserver()
+        self._queue: asyncio.Queue[_Row] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._running: list[_Row] = []  # rows taken from the queue and not yet answered
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._consume(), name=f"{self.name}-consumer")
+
+    async def submit(self, payloads: Sequence[Any]) -> list[Any]:
+        """Queue the rows of one request and wait for their results, in order.
+
+        Raises QueueFullError at once when the rows do not fit, DrainingError after stop() began,
+        and whatever the model raised for this batch. Cancelling the caller drops its rows.
+        """
+        if self._closing:
+            raise DrainingError("the server is shutting down")
+        if self._queue.qsize() + len(payloads) > self.max_queue_rows:
+            raise QueueFullError(
+                f"the {self.name} queue is full ({self._queue.qsize()} of {self.max_queue_rows} rows waiting)"
+            )
+        loop = asyncio.get_running_loop()
+        rows = [_Row(p, loop.create_future()) for p in payloads]
+        for row in rows:
+            self._queue.put_nowait(row)
+        self._observer.queue_depth(self._queue.qsize())
+        try:
+            return list(await asyncio.gather(*(r.future for r in rows)))
+        finally:
+            for row in rows:
+                row.future.cancel()  # no-op for finished rows; frees queued ones when the caller left
+
+    async def _collect(self) -> list[_Row]:
+        first = await self._queue.get()
+        batch = [first]
+        self._running = batch  # taken rows count as running, so stop() waits for them
+        deadline = first.enqueued + self.max_delay_s
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            # Not wait_for(queue.get()): on Python 3.11 it can drop an item it already took when the
+            # timeout fires, which would leave that caller waiting forever.
+            getter = asyncio.ensure_future(self._queue.get())
+            done, _ = await asyncio.wait({getter}, timeout=remaining)
+            if getter not in done:
+                getter.cancel()  # Queue.get leaves the item in the queue when cancelled
+                break
+            batch.append(getter.result())
+        return batch
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            self._observer.queue_depth(self._queue.qsize())
+            live = [r for r in batch if not r.future.done()]
+            if not live:
+                self._running = []
+                continue
+            started = time.perf_counter()
+            self._running = live
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, [r.payload for r in live])
+                if len(results) != len(live):
+                    raise RuntimeError(f"{self.name}: model returned {len(results)} results for {len(live)} rows")
+            except Exception as e:  # every waiter must hear about the failure, not only the first
+                log.exception("%s: batch of %d rows failed", self.name, len(live))
+                for r in live:
+                    _resolve(r.future, error=e)
+                continue
+            finally:
+                self._running = []
+            finished = time.perf_counter()
+            for r, result in zip(live, results, strict=True):
+                _resolve(r.future, result)
+            self._observer.batch_done(len(live), [started - r.enqueued for r in live], finished - started)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Refuse new rows, let queued and running rows finish for up to grace_s, then fail the rest."""
+        self._closing = True
+        give_up = time.perf_counter() + grace_s
+        while (self._queue.qsize() or self._running) and time.perf_counter() < give_up:
+            await asyncio.sleep(0.01)
+        unanswered = list(self._running)  # read before cancelling: the consumer clears it on exit
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        unanswered += [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        for row in unanswered:
+            _resolve(row.future, error=DrainingError("the server shut down"))

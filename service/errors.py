@@ -1,0 +1,27 @@
+"""Domain errors. Only the HTTP layer (service.app) turns them into status codes."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """The request asked for something this model cannot do (422)."""
+
+
+class QueueFullError(RuntimeError):
+    """The bounded queue has no room for the request's rows (503, with Retry-After)."""
+
+
+class DrainingError(RuntimeError):
+    """The server is shutting down and takes no new work (503)."""
+
+
+class BundleError(RuntimeError):
+    """A model bundle is missing, corrupt or does not match the contract."""
+
+
+class DeviceError(RuntimeError):
+    """The requested execution device cannot be used."""
+
+
+class InferenceTimeoutError(TimeoutError):
+    """The answer took longer than REQUEST_TIMEOUT_S (504)."""

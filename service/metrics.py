@@ -1,0 +1,58 @@
+"""Prometheus metrics, in a registry of the app's own (several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from service.batcher import BatchObserver
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "attnserve_requests", "HTTP requests by route and status code", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "attnserve_request_latency_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "attnserve_queue_wait_seconds", "Time a row waited before its batch ran", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.inference = Histogram(
+            "attnserve_inference_seconds", "ONNX Runtime time per batch", ["endpoint"], buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "attnserve_batch_size", "Rows per batch", ["endpoint"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("attnserve_queue_depth", "Rows waiting for a batch", ["endpoint"], registry=r)
+        self.rejected = Counter(
+            "attnserve_rejected_rows", "Rows refused because the queue was full", ["endpoint"], registry=r
+        )
+        self.model_info = Info("attnserve_model", "The model being served", registry=r)
+
+    def observer(self, endpoint: str) -> BatchObserver:
+        return _EndpointObserver(self, endpoint)
+
+
+class _EndpointObserver(BatchObserver):
+    def __init__(self, metrics: Metrics, endpoint: str) -> None:
+        self._depth = metrics.queue_depth.labels(endpoint)
+        self._wait = metrics.queue_wait.labels(endpoint)
+        self._inference = metrics.inference.labels(endpoint)
+        self._size = metrics.batch_size.labels(endpoint)
+
+    def queue_depth(self, rows: int) -> None:
+        self._depth.set(rows)
+
+    def batch_done(self, size: int, queue_waits: list[float], inference_s: float) -> None:
+        self._size.observe(size)
+        self._inference.observe(inference_s)
+        for w in queue_waits:
+            self._wait.observe(w)

@@ -1,0 +1,109 @@
+"""ASGI middleware: request ids, the body size limit, draining, and per-route metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = "x-request-id"
+
+
+def error_body(kind: str, message: str) -> bytes:
+    return json.dumps({"error": {"type": kind, "message": message}}).encode()
+
+
+class RequestContext:
+    """Pure ASGI (not BaseHTTPMiddleware), so it adds no task per request on the hot path."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, routes: set[str], state: Any) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.routes = routes
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        request_id = headers.get(REQUEST_ID.encode(), b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        path = scope["path"]
+        route = path if path in self.routes else "other"  # bounded label values
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        async def reply(code: int, kind: str, message: str, extra: list | None = None) -> None:
+            body = error_body(kind, message)
+            await send_with_id(
+                {
+                    "type": "http.response.start",
+                    "status": code,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *(extra or [])],
+                }
+            )
+            await send_with_id({"type": "http.response.body", "body": body})
+
+        try:
+            if self.state.draining and path.startswith("/v1/"):
+                await reply(503, "draining", "the server is shutting down; retry on another replica",
+                            [(b"retry-after", b"1")])
+                return
+            body_or_none = await self._read_body(headers, receive)
+            if body_or_none is None:
+                await reply(413, "body_too_large", f"request body is larger than MAX_BODY_BYTES={self.max_body_bytes}")
+                return
+            body = body_or_none
+            sent = False
+
+            async def replay() -> Message:
+                nonlocal sent
+                if sent:
+                    return await receive()  # after the body: wait for the disconnect as usual
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            log.debug("%s %s %d %.1fms id=%s", scope["method"], path, status, elapsed * 1000, request_id)
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | None:
+        """The whole body, or None when it is over the limit (checked before reading when declared)."""
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return None
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)

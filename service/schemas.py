@@ -1,0 +1,138 @@
+"""Request and response bodies of the HTTP API, with the examples shown at /docs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NonEmptyText = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[int], Field(min_length=1)]
+
+
+class Inputs(BaseModel):
+    """Either texts or token_ids, one entry per input row."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[NonEmptyText] | None = Field(None, min_length=1, description="Inputs as text.")
+    token_ids: list[TokenIds] | None = Field(None, min_length=1, description="Inputs as token ids, instead of texts.")
+    truncate: bool = Field(
+        False, description="Keep the last context_length tokens of a longer input instead of answering 422."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_input(self) -> Inputs:
+        if (self.texts is None) == (self.token_ids is None):
+            raise ValueError("give exactly one of 'texts' or 'token_ids'")
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self.texts if self.texts is not None else self.token_ids or [])
+
+
+class NextTokenRequest(Inputs):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"texts": ["ROMEO:\nBut soft, what light", "To be, or not to"], "top_k": 3}]},
+    )
+    top_k: int = Field(5, ge=1, description="How many candidates to return (at most the vocabulary size).")
+    temperature: float = Field(1.0, gt=0, le=100, description="Softmax temperature applied to the model's logits.")
+
+
+class TokenProb(BaseModel):
+    token: str = Field(description="The token decoded to text.")
+    token_id: int
+    prob: float
+    logprob: float
+
+
+class NextTokenResult(BaseModel):
+    n_tokens: int = Field(description="Tokens in the (possibly truncated) input.")
+    truncated: bool
+    top: list[TokenProb] = Field(description="Most probable next tokens, most probable first.")
+
+
+class NextTokenResponse(BaseModel):
+    model: str
+    results: list[NextTokenResult]
+
+
+class AttentionRequest(Inputs):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"texts": ["I do not like"], "layers": [0], "heads": [0, 1]}]},
+    )
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, description="Layer indices; all by default.")
+    heads: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, description="Head indices; all by default.")
+
+
+class AttentionResult(BaseModel):
+    tokens: list[str] = Field(description="Each position's token decoded to text.")
+    token_ids: list[int]
+    layers: list[int] = Field(description="The layer index of each entry of attention's first axis.")
+    heads: list[int] = Field(description="The head index of each entry of attention's second axis.")
+    attention: list[list[list[list[float]]]] = Field(
+        description="[layer][head][query][key] softmax weights; each query row sums to 1, keys after the query are 0."
+    )
+
+
+class AttentionResponse(BaseModel):
+    model: str
+    results: list[AttentionResult]
+
+
+class ScoreRequest(Inputs):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"texts": ["To be, or not to be, that is the question."]}]}
+    )
+
+
+class ScoreResult(BaseModel):
+    tokens: list[str]
+    token_ids: list[int]
+    logprobs: list[float | None] = Field(
+        description="log p(token | tokens before it) per position; null for the first, which has no context."
+    )
+    total_logprob: float
+    n_tokens: int
+    truncated: bool
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    results: list[ScoreResult]
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_queue_rows: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    vocab_size: int
+    context_length: int
+    n_layer: int
+    n_head: int
+    d_model: int
+    provider: str = Field(description="The ONNX Runtime execution provider actually in use.")
+    batching: BatchingInfo
+    val_nats_per_char: float | None = Field(description="Validation loss of the bundle, nats per character.")
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    details: list | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

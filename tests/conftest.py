@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.toy import build_toy_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = ROOT / "bundles" / "default"
+
+
+@pytest.fixture(scope="session")
+def toy_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bundle: the toy model trained, exported and verified by the project's own code."""
+    return build_toy_bundle(tmp_path_factory.mktemp("bundle") / "toy")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_server(bundle: Path, tmp: Path, **env: str | int | float) -> Server:
+    """Start `python -m service` on a free loopback port and wait until /readyz says 200."""
+    port = free_port()
+    log_path = tmp / f"server-{port}.log"
+    environ = {**os.environ, "MODEL_DIR": str(bundle), "HOST": "127.0.0.1", "PORT": str(port), "DEVICE": "cpu"}
+    environ.update({k.upper(): str(v) for k, v in env.items()})
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "service"], env=environ, stdout=log, stderr=log, cwd=ROOT)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"server not ready in time:\n{server.log()}")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def factory(bundle: Path, **env: str | int | float) -> Server:
+        server = start_server(bundle, tmp_path, **env)
+        started.append(server)
+        return server
+
+    yield factory
+    for s in started:
+        if s.process.poll() is None:
+            s.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def toy_server(toy_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One shared server over the toy bundle, for tests that do not change settings."""
+    server = start_server(toy_bundle, tmp_path_factory.mktemp("server"), max_batch_delay_ms=5)
+    yield server
+    server.stop()

@@ -1,0 +1,96 @@
+"""The exported bundle: parity with PyTorch, one copy of each weight, and checked loading."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.verify import ParityError, verify_bundle
+from service import contract
+from service.bundle import load_bundle
+from service.errors import BundleError
+from tests.toy import train_toy
+
+
+@pytest.fixture(scope="module")
+def toy():
+    model, tokenizer, _ = train_toy(steps=20)
+    return model, tokenizer
+
+
+def test_manifest_names_every_file_with_its_hash_and_the_contract(toy_bundle):
+    manifest = json.loads((toy_bundle / contract.MANIFEST_FILE).read_text())
+    assert manifest["inputs"] == list(contract.INPUT_NAMES)
+    assert set(manifest["files"]) == {*contract.GRAPH_FILES.values(), contract.WEIGHTS_FILE, contract.TOKENIZER_FILE}
+    assert manifest["opset"] >= 17
+    for kind, filename in contract.GRAPH_FILES.items():
+        graph = onnx.load(str(toy_bundle / filename), load_external_data=False).graph
+        assert [i.name for i in graph.input] == list(contract.INPUT_NAMES)
+        assert [o.name for o in graph.output] == [contract.OUTPUT_NAMES[kind]]
+    bundle = load_bundle(toy_bundle)
+    assert bundle.vocab_size == bundle.tokenizer.get_vocab_size()
+
+
+def test_graphs_share_one_copy_of_the_weights(toy_bundle):
+    n_params = sum(p.numel() for p in train_toy(steps=1)[0].parameters())
+    weights_bytes = (toy_bundle / contract.WEIGHTS_FILE).stat().st_size
+    # Three graphs, each weight once (plus page alignment and the folded transposes of the tied embedding).
+    assert weights_bytes < 2 * 4 * n_params + 4096 * 64
+
+
+def test_next_token_graph_has_no_full_vocabulary_logits(toy_bundle):
+    """The next-token path picks the last position before the output layer."""
+    graph = onnx.load(str(toy_bundle / contract.GRAPH_FILES[contract.NEXT_TOKEN]), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    gather_at = max(i for i, op in enumerate(ops) if op == "GatherElements")
+    vocab_matmuls = [i for i, n in enumerate(graph.node) if n.op_type in ("MatMul", "Gemm") and i > gather_at]
+    assert vocab_matmuls, "the output layer should come after picking the last position"
+    (output,) = graph.output
+    assert len(output.type.tensor_type.shape.dim) == 2  # [batch, vocab]: no per-position logits, no weights
+
+
+def test_verification_catches_a_model_that_does_not_match(toy, tmp_path):
+    from export.bundle import write_bundle
+
+    model, tokenizer = toy
+    write_bundle(model, tokenizer.to_str(), {}, tmp_path / "b", name="t", version="1")
+    verify_bundle(model, tmp_path / "b", trials=2)
+    with torch.no_grad():
+        model.blocks[0].attn.w_q.weight.add_(0.5)
+    with pytest.raises(ParityError):
+        verify_bundle(model, tmp_path / "b", trials=2)
+
+
+def test_loading_refuses_a_corrupt_file(toy_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(toy_bundle, copy)
+    data = bytearray((copy / contract.WEIGHTS_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / contract.WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="corrupt"):
+        load_bundle(copy)
+
+
+def test_loading_refuses_a_missing_file_or_manifest(toy_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(toy_bundle, copy)
+    (copy / contract.TOKENIZER_FILE).unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(copy)
+    with pytest.raises(BundleError, match="manifest"):
+        load_bundle(tmp_path)
+
+
+def test_attention_graph_output_is_exact_softmax(toy_bundle):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(toy_bundle / contract.GRAPH_FILES[contract.ATTENTION]))
+    ids = np.array([[5, 6, 7, 8, 0, 0]], dtype=np.int64)
+    mask = np.array([[1, 1, 1, 1, 0, 0]], dtype=np.int64)
+    (w,) = session.run(None, {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask})
+    assert w.shape[:3] == (1, 2, 4) and w.shape[3:] == (6, 6)
+    np.testing.assert_allclose(w[0, :, :, :4, :4].sum(-1), 1.0, atol=1e-6)
+    assert not w[0, :, :, :, 4:].any()
