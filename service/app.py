@@ -58,10 +58,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.include_router(v1)
     app.include_router(health)
-    routes = {r.path for r in app.routes if hasattr(r, "path")}
-    app.add_middleware(
-        RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes, routes=routes, state=app.state
-    )
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes, state=app.state)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

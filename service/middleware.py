@@ -24,11 +24,10 @@ def error_body(kind: str, message: str) -> bytes:
 class RequestContext:
     """Pure ASGI (not BaseHTTPMiddleware), so it adds no task per request on the hot path."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, routes: set[str], state: Any) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, state: Any) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.routes = routes
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -39,7 +38,6 @@ class RequestContext:
         headers = dict(scope["headers"])
         request_id = headers.get(REQUEST_ID.encode(), b"").decode("latin-1")[:128] or uuid.uuid4().hex
         path = scope["path"]
-        route = path if path in self.routes else "other"  # bounded label values
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -84,6 +82,8 @@ class RequestContext:
             await self.app(scope, replay, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
+            # The matched route's template keeps label values bounded, whatever paths clients send.
+            route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(elapsed)
             log.debug("%s %s %d %.1fms id=%s", scope["method"], path, status, elapsed * 1000, request_id)
