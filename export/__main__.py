@@ -1,4 +1,7 @@
-"""Export a checkpoint to a verified bundle: python -m export --checkpoint runs/default/checkpoint.pt --out bundles/default"""
+"""Export a checkpoint to a verified bundle.
+
+python -m export --checkpoint runs/default/checkpoint.pt --out bundles/default
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def load_checkpoint(path: Path) -> tuple[AttentionLM, str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split(":")[0])
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=Path("runs/default/checkpoint.pt"))
     p.add_argument("--out", type=Path, default=Path("bundles/default"))
     p.add_argument("--name", default="attnserve-shakespeare")

@@ -9,6 +9,7 @@ import logging
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 from onnx import numpy_helper
@@ -46,9 +47,9 @@ def git_commit() -> str:
 class SharedWeights:
     """Stores each distinct tensor once in weights.bin, however many graphs refer to it."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file = open(path, "wb")
+    def __init__(self, file: BinaryIO, location: str) -> None:
+        self._file = file
+        self._location = location  # the file name the graphs refer to, relative to the bundle
         self._offsets: dict[tuple, tuple[int, int]] = {}
 
     def externalize(self, model: onnx.ModelProto) -> None:
@@ -65,12 +66,9 @@ class SharedWeights:
             offset, length = self._offsets[key]
             tensor.ClearField("float_data")
             tensor.raw_data = data  # set_external_data insists on raw_data being present
-            set_external_data(tensor, location=self.path.name, offset=offset, length=length)
+            set_external_data(tensor, location=self._location, offset=offset, length=length)
             tensor.ClearField("raw_data")
             tensor.data_location = onnx.TensorProto.EXTERNAL
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def write_bundle(
@@ -81,15 +79,14 @@ def write_bundle(
     for stale in out_dir.iterdir():
         if stale.is_file():
             stale.unlink()
-    weights = SharedWeights(out_dir / contract.WEIGHTS_FILE)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, open(out_dir / contract.WEIGHTS_FILE, "wb") as weights_file:
+        weights = SharedWeights(weights_file, contract.WEIGHTS_FILE)
         for kind, filename in contract.GRAPH_FILES.items():
             raw_path = Path(tmp) / filename
             export_graph(model, kind, str(raw_path), opset=OPSET)
             proto = onnx.load(str(raw_path))
             weights.externalize(proto)
             onnx.save(proto, str(out_dir / filename))
-    weights.close()
     (out_dir / contract.TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
     for filename in contract.GRAPH_FILES.values():
         onnx.checker.check_model(str(out_dir / filename))
@@ -107,13 +104,23 @@ def write_bundle(
         "context_length": cfg.context_length,
         "opset": OPSET,
         "inputs": list(contract.INPUT_NAMES),
-        "graphs": {kind: {"file": f, "output": contract.OUTPUT_NAMES[kind]} for kind, f in contract.GRAPH_FILES.items()},
+        "graphs": {
+            kind: {"file": f, "output": contract.OUTPUT_NAMES[kind]} for kind, f in contract.GRAPH_FILES.items()
+        },
         "files": {f: sha256_file(out_dir / f) for f in files},
         "training": {
             k: metrics.get(k)
             for k in (
-                "corpus_sha256", "val_nats_per_char", "bigram_val_nats_per_char", "train_seconds",
-                "tokens_seen", "tokens_per_second", "hardware", "val_chars", "val_tokens", "train_config",
+                "corpus_sha256",
+                "val_nats_per_char",
+                "bigram_val_nats_per_char",
+                "train_seconds",
+                "tokens_seen",
+                "tokens_per_second",
+                "hardware",
+                "val_chars",
+                "val_tokens",
+                "train_config",
             )
         },
     }

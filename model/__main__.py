@@ -84,14 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     val_tokens = np.array(tokenizer.encode(split.val).ids, dtype=np.int32)
     log.info(
         "corpus %d chars; train %d tokens, val %d tokens (%.2f chars/token); vocab %d",
-        len(text), len(train_tokens), len(val_tokens), len(split.val) / len(val_tokens), cfg.vocab_size,
+        len(text),
+        len(train_tokens),
+        len(val_tokens),
+        len(split.val) / len(val_tokens),
+        cfg.vocab_size,
     )
 
     model, metrics = train(cfg, tc, train_tokens, val_tokens, len(split.val), progress=not args.no_progress)
     val_npc = total_nll(model, val_tokens, cfg.context_length) / len(split.val)
     bigram_npc = bigram_nll(train_tokens, val_tokens, cfg.vocab_size) / len(split.val)
-    log.info("validation: %.4f nats/char (bigram baseline %.4f); trained in %.0f s",
-             val_npc, bigram_npc, metrics["train_seconds"])
+    log.info(
+        "validation: %.4f nats/char (bigram baseline %.4f); trained in %.0f s",
+        val_npc,
+        bigram_npc,
+        metrics["train_seconds"],
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
     metrics.update(
@@ -104,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         model_config=cfg.to_dict(),
     )
     torch.save(
-        {"config": cfg.to_dict(), "state_dict": model.state_dict(), "tokenizer": tokenizer.to_str(), "metrics": metrics},
+        {
+            "config": cfg.to_dict(),
+            "state_dict": model.state_dict(),
+            "tokenizer": tokenizer.to_str(),
+            "metrics": metrics,
+        },
         args.out / "checkpoint.pt",
     )
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -32,7 +32,9 @@ def total_nll(model: AttentionLM, tokens: np.ndarray, context: int, batch_size: 
             y[row, :m] = ids[s + 1 : s + 1 + m]
         # Short rows are right padded; causality keeps the padding from affecting real positions.
         logits, _ = model(x)
-        total += F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100, reduction="sum").item()
+        total += F.cross_entropy(
+            logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100, reduction="sum"
+        ).item()
     model.train(was_training)
     return total
 

@@ -7,7 +7,6 @@ import math
 import platform
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -22,7 +22,9 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _error(status: int, kind: str, message: str, details: list | None = None, headers: dict | None = None) -> JSONResponse:
+def _error(
+    status: int, kind: str, message: str, details: list | None = None, headers: dict | None = None
+) -> JSONResponse:
     body: dict = {"type": kind, "message": message}
     if details is not None:
         body["details"] = details
@@ -62,7 +64,9 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        ]
         if any(e["type"] == "json_invalid" for e in errors):
             return _error(400, "malformed_json", "the request body is not valid JSON", errors)
         summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])

@@ -10,6 +10,7 @@ answering health checks and taking requests while a batch runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -162,10 +163,8 @@ class DynamicBatcher:
         unanswered = list(self._running)  # read before cancelling: the consumer clears it on exit
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         unanswered += [self._queue.get_nowait() for _ in range(self._queue.qsize())]
         for row in unanswered:
             _resolve(row.future, error=DrainingError("the server shut down"))

@@ -62,7 +62,9 @@ def load_bundle(path: Path) -> Bundle:
     except json.JSONDecodeError as e:
         raise BundleError(f"{manifest_path} is not valid JSON: {e}") from e
     if manifest.get("format") != contract.BUNDLE_FORMAT:
-        raise BundleError(f"{manifest_path}: bundle format {manifest.get('format')!r}, expected {contract.BUNDLE_FORMAT}")
+        raise BundleError(
+            f"{manifest_path}: bundle format {manifest.get('format')!r}, expected {contract.BUNDLE_FORMAT}"
+        )
     if manifest.get("inputs") != list(contract.INPUT_NAMES):
         raise BundleError(f"{manifest_path}: inputs {manifest.get('inputs')}, expected {list(contract.INPUT_NAMES)}")
     for kind, output in contract.OUTPUT_NAMES.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class InferenceService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.batchers = {
             kind: DynamicBatcher(
-                run_batch=lambda rows, kind=kind: self.engine.run(kind, rows),
+                run_batch=functools.partial(self.engine.run, kind),
                 executor=self._executor,
                 max_batch_size=settings.max_batch_size,
                 max_delay_s=settings.max_batch_delay_ms / 1000,
@@ -129,7 +130,9 @@ class InferenceService:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 return await self.batchers[kind].submit([r.ids for r in rows])
         except TimeoutError as e:
-            raise InferenceTimeoutError(f"no answer within REQUEST_TIMEOUT_S={self.settings.request_timeout_s:g}s") from e
+            raise InferenceTimeoutError(
+                f"no answer within REQUEST_TIMEOUT_S={self.settings.request_timeout_s:g}s"
+            ) from e
         except QueueFullError:
             self.metrics.rejected.labels(kind).inc(len(rows))
             raise
@@ -143,8 +146,9 @@ class InferenceService:
         outputs = await self._run(contract.NEXT_TOKEN, rows)
         results = []
         for row, logprobs in zip(rows, outputs, strict=True):
-            lp = logprobs.astype(np.float64) / req.temperature
-            lp -= np.logaddexp.reduce(lp)  # renormalise: log softmax(logits / T)
+            # log softmax(logits / T), computed from the log-probs: logits and log-probs differ by a constant.
+            lp = (logprobs.astype(np.float64) - logprobs.max()) / req.temperature
+            lp -= np.logaddexp.reduce(lp)
             top = np.argpartition(-lp, req.top_k - 1)[: req.top_k]
             top = top[np.argsort(-lp[top], kind="stable")]
             results.append(
@@ -152,7 +156,9 @@ class InferenceService:
                     n_tokens=len(row.ids),
                     truncated=row.truncated,
                     top=[
-                        TokenProb(token=self.token_text[t], token_id=int(t), prob=float(np.exp(lp[t])), logprob=float(lp[t]))
+                        TokenProb(
+                            token=self.token_text[t], token_id=int(t), prob=float(np.exp(lp[t])), logprob=float(lp[t])
+                        )
                         for t in top
                     ],
                 )

@@ -21,11 +21,17 @@ class Metrics:
             "attnserve_request_latency_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.queue_wait = Histogram(
-            "attnserve_queue_wait_seconds", "Time a row waited before its batch ran", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "attnserve_queue_wait_seconds",
+            "Time a row waited before its batch ran",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.inference = Histogram(
-            "attnserve_inference_seconds", "ONNX Runtime time per batch", ["endpoint"], buckets=LATENCY_BUCKETS,
+            "attnserve_inference_seconds",
+            "ONNX Runtime time per batch",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(

@@ -54,16 +54,20 @@ class RequestContext:
                 {
                     "type": "http.response.start",
                     "status": code,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                *(extra or [])],
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        *(extra or []),
+                    ],
                 }
             )
             await send_with_id({"type": "http.response.body", "body": body})
 
         try:
             if self.state.draining and path.startswith("/v1/"):
-                await reply(503, "draining", "the server is shutting down; retry on another replica",
-                            [(b"retry-after", b"1")])
+                await reply(
+                    503, "draining", "the server is shutting down; retry on another replica", [(b"retry-after", b"1")]
+                )
                 return
             body_or_none = await self._read_body(headers, receive)
             if body_or_none is None:

@@ -76,11 +76,17 @@ async def readyz(request: Request) -> Response:
     """Readiness: 200 once the model is loaded and warmed up, 503 while starting or draining."""
     state = request.app.state
     if state.draining:
-        return Response(orjson.dumps({"error": {"type": "draining", "message": "shutting down"}}), 503,
-                        media_type="application/json")
+        return Response(
+            orjson.dumps({"error": {"type": "draining", "message": "shutting down"}}),
+            503,
+            media_type="application/json",
+        )
     if not state.ready:
-        return Response(orjson.dumps({"error": {"type": "starting", "message": "model not loaded yet"}}), 503,
-                        media_type="application/json")
+        return Response(
+            orjson.dumps({"error": {"type": "starting", "message": "model not loaded yet"}}),
+            503,
+            media_type="application/json",
+        )
     return Response(orjson.dumps({"status": "ready"}), media_type="application/json")
 
 

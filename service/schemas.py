@@ -38,7 +38,10 @@ class NextTokenRequest(Inputs):
         json_schema_extra={"examples": [{"texts": ["ROMEO:\nBut soft, what light", "To be, or not to"], "top_k": 3}]},
     )
     top_k: int = Field(5, ge=1, description="How many candidates to return (at most the vocabulary size).")
-    temperature: float = Field(1.0, gt=0, le=100, description="Softmax temperature applied to the model's logits.")
+    # The floor keeps every returned log-probability finite (JSON has no -Infinity).
+    temperature: float = Field(
+        1.0, ge=1e-3, le=100, description="Softmax temperature applied to the logits; lower is sharper."
+    )
 
 
 class TokenProb(BaseModel):
@@ -64,8 +67,12 @@ class AttentionRequest(Inputs):
         extra="forbid",
         json_schema_extra={"examples": [{"texts": ["I do not like"], "layers": [0], "heads": [0, 1]}]},
     )
-    layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, description="Layer indices; all by default.")
-    heads: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, description="Head indices; all by default.")
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="Layer indices; all by default."
+    )
+    heads: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="Head indices; all by default."
+    )
 
 
 class AttentionResult(BaseModel):

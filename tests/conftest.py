@@ -90,3 +90,13 @@ def toy_server(toy_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     server = start_server(toy_bundle, tmp_path_factory.mktemp("server"), max_batch_delay_ms=5)
     yield server
     server.stop()
+
+
+def batches_larger_than_one(metrics: str, endpoint: str) -> float:
+    count = bucket_one = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(f'attnserve_batch_size_count{{endpoint="{endpoint}"}}'):
+            count = float(line.split()[-1])
+        if line.startswith(f'attnserve_batch_size_bucket{{endpoint="{endpoint}",le="1.0"}}'):
+            bucket_one = float(line.split()[-1])
+    return count - bucket_one

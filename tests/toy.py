@@ -27,11 +27,21 @@ def train_toy(steps: int = 300):
     text = toy_corpus()
     tokenizer = train_tokenizer([text], vocab_size=300)
     tokens = np.array(tokenizer.encode(text).ids, dtype=np.int32)
-    cfg = ModelConfig(vocab_size=tokenizer.get_vocab_size(), n_layer=2, n_head=4, d_model=32, context_length=24, dropout=0.0)
-    tc = TrainConfig(max_steps=steps, batch_size=16, seq_len=24, lr=1e-2, warmup_steps=10, eval_every=10_000,
-                     full_context_fraction=0.0)
-    model, metrics = train(cfg, tc, tokens, tokens[:200], val_chars=len(tokenizer.decode(tokens[:200].tolist())),
-                           progress=False)
+    cfg = ModelConfig(
+        vocab_size=tokenizer.get_vocab_size(), n_layer=2, n_head=4, d_model=32, context_length=24, dropout=0.0
+    )
+    tc = TrainConfig(
+        max_steps=steps,
+        batch_size=16,
+        seq_len=24,
+        lr=1e-2,
+        warmup_steps=10,
+        eval_every=10_000,
+        full_context_fraction=0.0,
+    )
+    model, metrics = train(
+        cfg, tc, tokens, tokens[:200], val_chars=len(tokenizer.decode(tokens[:200].tolist())), progress=False
+    )
     return model, tokenizer, metrics
 
 

@@ -24,9 +24,34 @@ def run_model_cli(*args: str) -> subprocess.CompletedProcess:
 def test_training_on_a_slice_lowers_the_loss_and_writes_its_outputs(tmp_path):
     out = tmp_path / "run"
     result = run_model_cli(
-        "--corpus", str(CORPUS), "--corpus-chars", "60000", "--out", str(out), "--vocab-size", "300",
-        "--n-layer", "1", "--d-model", "64", "--n-head", "4", "--context-length", "64", "--seq-len", "64",
-        "--batch-size", "8", "--max-steps", "60", "--warmup-steps", "5", "--lr", "0.005", "--eval-every", "30",
+        "--corpus",
+        str(CORPUS),
+        "--corpus-chars",
+        "60000",
+        "--out",
+        str(out),
+        "--vocab-size",
+        "300",
+        "--n-layer",
+        "1",
+        "--d-model",
+        "64",
+        "--n-head",
+        "4",
+        "--context-length",
+        "64",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "60",
+        "--warmup-steps",
+        "5",
+        "--lr",
+        "0.005",
+        "--eval-every",
+        "30",
     )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())

@@ -7,6 +7,8 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.conftest import batches_larger_than_one
+
 
 @pytest.fixture(scope="module")
 def client(toy_server):
@@ -92,23 +94,15 @@ def test_answers_do_not_depend_on_what_they_were_batched_with(toy_server, client
             want = singles[i % 5]
             if path == "/v1/next-token":
                 assert [t["token_id"] for t in got["top"]] == [t["token_id"] for t in want["top"]]
-                np.testing.assert_allclose([t["logprob"] for t in got["top"]], [t["logprob"] for t in want["top"]], atol=1e-5)
+                np.testing.assert_allclose(
+                    [t["logprob"] for t in got["top"]], [t["logprob"] for t in want["top"]], atol=1e-5
+                )
             elif path == "/v1/attention":
                 np.testing.assert_allclose(np.array(got["attention"]), np.array(want["attention"]), atol=1e-6)
             else:
                 np.testing.assert_allclose(got["logprobs"][1:], want["logprobs"][1:], atol=1e-5)
     metrics = client.get("/metrics").text
     assert batches_larger_than_one(metrics, "next_token") > 0
-
-
-def batches_larger_than_one(metrics: str, endpoint: str) -> float:
-    count = bucket_one = 0.0
-    for line in metrics.splitlines():
-        if line.startswith(f'attnserve_batch_size_count{{endpoint="{endpoint}"}}'):
-            count = float(line.split()[-1])
-        if line.startswith(f'attnserve_batch_size_bucket{{endpoint="{endpoint}",le="1.0"}}'):
-            bucket_one = float(line.split()[-1])
-    return count - bucket_one
 
 
 def test_models_health_readiness_and_metrics(client):
@@ -118,8 +112,15 @@ def test_models_health_readiness_and_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     metrics = client.get("/metrics").text
-    for name in ("attnserve_requests_total", "attnserve_request_latency_seconds", "attnserve_queue_wait_seconds",
-                 "attnserve_inference_seconds", "attnserve_batch_size", "attnserve_queue_depth", "attnserve_model_info"):
+    for name in (
+        "attnserve_requests_total",
+        "attnserve_request_latency_seconds",
+        "attnserve_queue_wait_seconds",
+        "attnserve_inference_seconds",
+        "attnserve_batch_size",
+        "attnserve_queue_depth",
+        "attnserve_model_info",
+    ):
         assert name in metrics, name
     assert 'route="/v1/models",status="200"' in metrics
 
