@@ -11,20 +11,25 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import onnx
+import torch
 from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 
 from export.graphs import export_graph
+from model.config import ModelConfig
 from model.transformer import AttentionLM
 from service import contract
 
 log = logging.getLogger(__name__)
 
-# Offsets in the weights file are page aligned so ONNX Runtime can memory-map the tensors.
-ALIGN = 4096
+# Large tensors start on a page boundary so ONNX Runtime can memory-map them; small ones on a
+# cache line, so that a small model's many biases do not waste a page each.
+PAGE = 4096
+CACHE_LINE = 64
 # Tensors smaller than this stay inside the graph file: shapes and scalars are not worth sharing.
-MIN_EXTERNAL_BYTES = 1024
+MIN_EXTERNAL_BYTES = 64
 OPSET = 17
 
 
@@ -51,6 +56,7 @@ class SharedWeights:
         self._file = file
         self._location = location  # the file name the graphs refer to, relative to the bundle
         self._offsets: dict[tuple, tuple[int, int]] = {}
+        self._by_content: dict[str, int] = {}  # sha256 of the bytes -> offset
 
     def externalize(self, model: onnx.ModelProto) -> None:
         for tensor in model.graph.initializer:
@@ -59,9 +65,10 @@ class SharedWeights:
                 continue
             key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(data).hexdigest())
             if key not in self._offsets:
-                pad = -self._file.tell() % ALIGN
+                pad = -self._file.tell() % (PAGE if len(data) >= PAGE else CACHE_LINE)
                 self._file.write(b"\0" * pad)
                 self._offsets[key] = (self._file.tell(), len(data))
+                self._by_content[key[2]] = self._file.tell()
                 self._file.write(data)
             offset, length = self._offsets[key]
             tensor.ClearField("float_data")
@@ -69,6 +76,24 @@ class SharedWeights:
             set_external_data(tensor, location=self._location, offset=offset, length=length)
             tensor.ClearField("raw_data")
             tensor.data_location = onnx.TensorProto.EXTERNAL
+
+    def locate_state_dict(self, model: AttentionLM) -> dict[str, dict]:
+        """Where each PyTorch parameter lies in the weights file (the exporter may have transposed it).
+
+        With this map, tools that need the PyTorch model (the benchmark's eager baseline) rebuild it
+        from the bundle alone, with the very weights ONNX Runtime serves.
+        """
+        located = {}
+        for name, tensor in model.state_dict().items():
+            array = tensor.detach().cpu().numpy()
+            for transposed, candidate in ((False, array), (True, array.T)):
+                offset = self._by_content.get(hashlib.sha256(candidate.tobytes()).hexdigest())
+                if offset is not None:
+                    located[name] = {"offset": offset, "shape": list(array.shape), "transposed": transposed}
+                    break
+            else:
+                raise RuntimeError(f"parameter {name} is not in the exported weights")
+        return located
 
 
 def write_bundle(
@@ -87,6 +112,7 @@ def write_bundle(
             proto = onnx.load(str(raw_path))
             weights.externalize(proto)
             onnx.save(proto, str(out_dir / filename))
+        torch_weights = weights.locate_state_dict(model)
     (out_dir / contract.TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
     for filename in contract.GRAPH_FILES.values():
         onnx.checker.check_model(str(out_dir / filename))
@@ -108,6 +134,7 @@ def write_bundle(
             kind: {"file": f, "output": contract.OUTPUT_NAMES[kind]} for kind, f in contract.GRAPH_FILES.items()
         },
         "files": {f: sha256_file(out_dir / f) for f in files},
+        "torch_weights": torch_weights,
         "training": {
             k: metrics.get(k)
             for k in (
@@ -128,3 +155,19 @@ def write_bundle(
     total = sum((out_dir / f).stat().st_size for f in files)
     log.info("bundle %s: %.1f MB in %d files", out_dir, total / 1e6, len(files) + 1)
     return manifest
+
+
+def load_torch_model(bundle_dir: Path) -> AttentionLM:
+    """The PyTorch model behind a bundle, rebuilt from its weights file (see locate_state_dict)."""
+    manifest = json.loads((bundle_dir / contract.MANIFEST_FILE).read_text())
+    model = AttentionLM(ModelConfig.from_dict(manifest["model_config"]))
+    state = {}
+    with open(bundle_dir / contract.WEIGHTS_FILE, "rb") as f:
+        for name, where in manifest["torch_weights"].items():
+            shape = where["shape"]
+            stored = shape[::-1] if where["transposed"] else shape
+            f.seek(where["offset"])
+            array = np.frombuffer(f.read(4 * int(np.prod(stored))), dtype=np.float32).reshape(stored)
+            state[name] = torch.from_numpy(array.T.copy() if where["transposed"] else array.copy())
+    model.load_state_dict(state)
+    return model.eval()

@@ -52,6 +52,16 @@ def test_next_token_graph_has_no_full_vocabulary_logits(toy_bundle):
     assert len(output.type.tensor_type.shape.dim) == 2  # [batch, vocab]: no per-position logits, no weights
 
 
+def test_the_pytorch_model_can_be_rebuilt_from_the_bundle_alone(toy, tmp_path):
+    from export.bundle import load_torch_model, write_bundle
+
+    model, tokenizer = toy
+    write_bundle(model, tokenizer.to_str(), {}, tmp_path / "b", name="t", version="1")
+    rebuilt = load_torch_model(tmp_path / "b")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[name], tensor), name
+
+
 def test_verification_catches_a_model_that_does_not_match(toy, tmp_path):
     from export.bundle import write_bundle
 

@@ -1,0 +1,1 @@
+"""Load-testing tools: a closed-loop client (python -m loadtest) and a Locust file."""
