@@ -1,0 +1,44 @@
+# attnserve serving image: the service, ONNX Runtime and the default bundle; no torch, no compilers.
+#   GPU (default): docker build -t attnserve .
+#   CPU only:      docker build -t attnserve:cpu --build-arg ORT_PACKAGE=onnxruntime .
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS deps
+# onnxruntime-gpu's cuda and cudnn extras bring the CUDA and cuDNN libraries from pip, so a slim
+# Python base works with the NVIDIA container runtime.
+ARG ORT_PACKAGE="onnxruntime-gpu[cuda,cudnn]"
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# Dependencies come from pyproject.toml alone, in a layer of their own: code changes do not reinstall them.
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python -c "import tomllib; deps = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']; \
+print('\n'.join(d for d in deps if not d.startswith('onnxruntime')))" > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt "${ORT_PACKAGE}"
+
+FROM deps AS loadtest
+# The Locust image of the compose file's loadtest profile.
+RUN pip install "locust>=2.30"
+WORKDIR /app
+COPY loadtest/ /app/loadtest/
+ENTRYPOINT ["locust", "-f", "/app/loadtest/locustfile.py"]
+
+FROM ${BASE_IMAGE} AS serve
+COPY --from=deps /opt/venv /opt/venv
+WORKDIR /app
+COPY service/ /app/service/
+COPY bundles/default/ /app/bundles/default/
+RUN useradd --system --uid 10001 --no-create-home attnserve
+USER attnserve
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOST=0.0.0.0 \
+    PORT=8000 \
+    MODEL_DIR=/app/bundles/default
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import os, sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('PORT', '8000'), timeout=2); sys.exit(r.status != 200)"]
+# Exec form: SIGTERM goes straight to the server, which drains before it exits. One uvicorn worker
+# per container, so that batches are not split across processes; scale with replicas.
+ENTRYPOINT ["python", "-m", "service"]
