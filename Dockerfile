@@ -29,7 +29,7 @@ WORKDIR /app
 COPY service/ /app/service/
 COPY bundles/default/ /app/bundles/default/
 RUN useradd --system --uid 10001 --no-create-home attnserve
-USER attnserve
+USER 10001
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
