@@ -7,7 +7,7 @@ CORPUS ?= https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinysh
 BUNDLE ?= bundles/default
 RUN ?= runs/default
 
-.PHONY: serve install test lint model bench loadtest clean
+.PHONY: serve install test lint model bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,16 @@ model: $(VENV)/.dev
 	$(PY) -m model --corpus $(CORPUS) --out $(RUN)
 	$(PY) -m export --checkpoint $(RUN)/checkpoint.pt --out $(BUNDLE)
 	mkdir -p docs && cp $(RUN)/metrics.json docs/training_metrics.json && cp $(RUN)/loss_curve.png docs/loss_curve.png
+
+# Triton for the benchmark's comparison column: PyTriton pins numpy 1.x, so it gets its own venv.
+.venv-triton/.ok:
+	$(PYTHON) -m venv .venv-triton
+	.venv-triton/bin/python -m pip --disable-pip-version-check -q install nvidia-pytriton==0.7.0 onnxruntime tokenizers
+	touch $@
+
+# Engine and serving benchmarks: rewrites BENCHMARKS.md and docs/bench/ (needs wrk: apt-get install wrk).
+bench: $(VENV)/.dev .venv-triton/.ok
+	$(PY) -m loadtest.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -206,7 +206,7 @@ def wrk_script(directory: Path, path: str, bodies: list[bytes] | None = None) ->
         )
     else:
         request = f'request = function() return wrk.format("GET", "{path}") end\n'
-    script = directory / f"wrk-{len(bodies or [])}.lua"
+    script = directory / ("wrk" + re.sub(r"\W+", "_", path) + ".lua")
     script.write_text(request + WRK_DONE)
     return script
 
@@ -246,51 +246,75 @@ def batch_totals(metrics: str, endpoint: str = "next_token") -> tuple[float, flo
     return values[0], values[1]
 
 
+TRITON_VENV = ROOT / ".venv-triton"
+
+
+def triton_server(bundle_dir: Path) -> tuple[list[str], dict[str, str]] | None:
+    """PyTriton's command and environment, or None when its virtual environment is missing."""
+    python = TRITON_VENV / "bin" / "python"
+    if not python.exists():
+        return None
+    libdir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # Triton's Python backend stub needs the interpreter's own libpython, not the one PyTriton ships.
+    return (
+        [str(python), "-m", "loadtest.triton_server", "--bundle", str(bundle_dir), "--http-port", "{port}"],
+        {"LD_LIBRARY_PATH": libdir},
+    )
+
+
 def serving_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
     import httpx
 
     bodies = request_bodies("next-token")
     script = wrk_script(work, "/v1/next-token", bodies)
     py = sys.executable
-    # A real next-token answer, so the constant server sends as many bytes as the service does.
+    uvicorn = [
+        py,
+        "-m",
+        "uvicorn",
+        "loadtest.baselines:app",
+        "--port",
+        "{port}",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     service_env = {"MODEL_DIR": str(bundle_dir), "DEVICE": "cpu", "LOG_LEVEL": "warning"}
+    # name: (command, environment, readiness path, wrk script)
     servers = {
-        "service (dynamic batching)": ([py, "-m", "service"], service_env, "/readyz"),
-        "service, MAX_BATCH_SIZE=1": ([py, "-m", "service"], {**service_env, "MAX_BATCH_SIZE": "1"}, "/readyz"),
-        "bare FastAPI, constant body": (
-            [
-                py,
-                "-m",
-                "uvicorn",
-                "loadtest.baselines:app",
-                "--port",
-                "{port}",
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            {"BASELINE": "constant"},
-            "/healthz",
-        ),
-        "naive PyTorch server": (
-            [
-                py,
-                "-m",
-                "uvicorn",
-                "loadtest.baselines:app",
-                "--port",
-                "{port}",
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            {"BASELINE": "naive", "MODEL_DIR": str(bundle_dir)},
-            "/healthz",
-        ),
+        "service (dynamic batching)": ([py, "-m", "service"], service_env, "/readyz", script),
+        "service, MAX_BATCH_SIZE=1": ([py, "-m", "service"], {**service_env, "MAX_BATCH_SIZE": "1"}, "/readyz", script),
+        "bare FastAPI, constant body": (uvicorn, {"BASELINE": "constant"}, "/healthz", script),
+        "naive PyTorch server": (uvicorn, {"BASELINE": "naive", "MODEL_DIR": str(bundle_dir)}, "/healthz", script),
     }
+    triton = triton_server(bundle_dir)
+    if triton is None:
+        log.warning("no %s: the Triton column is left out (make bench creates it)", TRITON_VENV)
+    else:
+        kserve = [
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": [json.loads(b)["texts"][0]]}
+                    ]
+                }
+            ).encode()
+            for b in bodies
+        ]
+        servers["Triton (PyTriton), dynamic batching"] = (
+            triton[0],
+            triton[1],
+            "/v2/models/attnserve/ready",
+            wrk_script(work, "/v2/models/attnserve/infer", kserve),
+        )
     results: dict = {"servers": {}}
     constant_body = None
-    for name, (argv, env, ready) in servers.items():
+    for name, (argv, env, ready, script) in servers.items():
         if name.startswith("bare"):
             env = {**env, "CONSTANT_BODY": constant_body or "{}"}
         server = Server(re.sub(r"\W+", "_", name), argv, env, work)
@@ -427,6 +451,19 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def triton_row(at: dict, top: int) -> str:
+    triton = at.get("Triton (PyTriton), dynamic batching")
+    if triton is None:
+        return "| >= Triton's throughput at concurrency 64, equal or lower p99 | not measured (no .venv-triton) | - |"
+    dyn = at["service (dynamic batching)"]
+    ok = dyn[top]["rps"] >= triton[top]["rps"] and dyn[top]["p99_ms"] <= triton[top]["p99_ms"]
+    return (
+        f"| >= Triton's throughput at concurrency {top}, equal or lower p99 | {dyn[top]['rps']:.0f} vs "
+        f"{triton[top]['rps']:.0f} req/s ({dyn[top]['rps'] / triton[top]['rps']:.2f}x); p99 {dyn[top]['p99_ms']:.0f} "
+        f"vs {triton[top]['p99_ms']:.0f} ms | {verdict(ok)} |"
+    )
+
+
 def report(results: dict, docs: Path, notes: str) -> str:
     engine, serving, check, machine = results["engine"], results["serving"], results["client_check"], results["machine"]
     servers = serving["servers"]
@@ -467,8 +504,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         f"{verdict(best_service >= 0.8 * engine_32)} |",
         f"| >= 5x the naive PyTorch server (concurrency {top}) | {dyn[top]['rps'] / naive[top]['rps']:.1f}x | "
         f"{verdict(dyn[top]['rps'] >= 5 * naive[top]['rps'])} |",
-        "| >= Triton's throughput at concurrency 64 with equal or lower p99 | not measured in this run "
-        "(see notes) | not measured |",
+        triton_row(at, top),
         "",
         "## 1. Engine: PyTorch eager vs ONNX Runtime",
         "",
@@ -498,7 +534,9 @@ def report(results: dict, docs: Path, notes: str) -> str:
         "",
         f"`POST /v1/next-token`, one prompt per request from `loadtest/prompts.txt` (short to long), "
         f"driven by wrk (one thread) for {results['seconds']:g} s per point after a warm-up. The constant server "
-        f"returns a fixed {serving['constant_body_bytes']}-byte next-token answer.",
+        f"returns a fixed {serving['constant_body_bytes']}-byte next-token answer. Triton (through PyTriton, its "
+        "dynamic batcher at max_batch_size 32 and 2 ms queue delay, the same ONNX graph, tokenizer and session "
+        "options, in its own virtual environment) gets the same prompts as KServe v2 JSON.",
         "",
         "| server | clients | requests/s | p50 ms | p90 ms | p99 ms | errors | mean batch |",
         "|---|---|---|---|---|---|---|---|",
