@@ -21,6 +21,7 @@ from export.graphs import export_graph
 from model.config import ModelConfig
 from model.transformer import AttentionLM
 from service import contract
+from service.bundle import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,6 @@ CACHE_LINE = 64
 # Tensors smaller than this stay inside the graph file: shapes and scalars are not worth sharing.
 MIN_EXTERNAL_BYTES = 64
 OPSET = 17
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_commit() -> str:

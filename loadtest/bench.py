@@ -247,6 +247,17 @@ def batch_totals(metrics: str, endpoint: str = "next_token") -> tuple[float, flo
 
 
 TRITON_VENV = ROOT / ".venv-triton"
+BASELINE_SERVER = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "loadtest.baselines:app",
+    "--port",
+    "{port}",
+    "--log-level",
+    "warning",
+    "--no-access-log",
+]
 
 
 def triton_server(bundle_dir: Path) -> tuple[list[str], dict[str, str]] | None:
@@ -273,24 +284,18 @@ def serving_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
     bodies = request_bodies("next-token")
     script = wrk_script(work, "/v1/next-token", bodies)
     py = sys.executable
-    uvicorn = [
-        py,
-        "-m",
-        "uvicorn",
-        "loadtest.baselines:app",
-        "--port",
-        "{port}",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
     service_env = {"MODEL_DIR": str(bundle_dir), "DEVICE": "cpu", "LOG_LEVEL": "warning"}
     # name: (command, environment, readiness path, wrk script)
     servers = {
         "service (dynamic batching)": ([py, "-m", "service"], service_env, "/readyz", script),
         "service, MAX_BATCH_SIZE=1": ([py, "-m", "service"], {**service_env, "MAX_BATCH_SIZE": "1"}, "/readyz", script),
-        "bare FastAPI, constant body": (uvicorn, {"BASELINE": "constant"}, "/healthz", script),
-        "naive PyTorch server": (uvicorn, {"BASELINE": "naive", "MODEL_DIR": str(bundle_dir)}, "/healthz", script),
+        "bare FastAPI, constant body": (BASELINE_SERVER, {"BASELINE": "constant"}, "/healthz", script),
+        "naive PyTorch server": (
+            BASELINE_SERVER,
+            {"BASELINE": "naive", "MODEL_DIR": str(bundle_dir)},
+            "/healthz",
+            script,
+        ),
     }
     triton = triton_server(bundle_dir)
     if triton is None:
@@ -351,22 +356,7 @@ def serving_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
 
 def client_check(seconds: float, work: Path) -> dict:
     """Our Python load client against wrk on the trivial endpoint: can it keep up?"""
-    server = Server(
-        "client_check",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "loadtest.baselines:app",
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        {"BASELINE": "constant"},
-        work,
-    )
+    server = Server("client_check", BASELINE_SERVER, {"BASELINE": "constant"}, work)
     try:
         server.wait_ready("/healthz")
         wrk = run_wrk(server.url, wrk_script(work, "/healthz"), 16, seconds)

@@ -44,7 +44,7 @@ class Bundle:
         return self.path / self.manifest["graphs"][kind]["file"]
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -75,7 +75,7 @@ def load_bundle(path: Path) -> Bundle:
         file = path / name
         if not file.is_file():
             raise BundleError(f"bundle file missing: {file}")
-        if _sha256(file) != want:
+        if sha256_file(file) != want:
             raise BundleError(f"bundle file corrupt: {file} does not match the sha256 in the manifest")
     listed = set(manifest.get("files", {}))
     needed = {g["file"] for g in manifest["graphs"].values()} | {contract.TOKENIZER_FILE}

@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from service import contract
 from service.bundle import Bundle
-from service.errors import DeviceError
+from service.errors import BundleError, DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,14 @@ class Engine:
             kind: ort.InferenceSession(str(bundle.graph_path(kind)), opts, providers=providers)
             for kind in contract.GRAPH_FILES
         }
+        for kind, session in self.sessions.items():
+            inputs = [i.name for i in session.get_inputs()]
+            outputs = [o.name for o in session.get_outputs()]
+            if inputs != list(contract.INPUT_NAMES) or outputs != [contract.OUTPUT_NAMES[kind]]:
+                raise BundleError(
+                    f"{bundle.graph_path(kind)}: inputs {inputs} and outputs {outputs} do not match the contract "
+                    f"({list(contract.INPUT_NAMES)} -> {contract.OUTPUT_NAMES[kind]})"
+                )
         used = self.sessions[contract.NEXT_TOKEN].get_providers()
         # ONNX Runtime falls back to the CPU without an error; report what it actually uses.
         if providers[0] == CUDA and used[0] != CUDA:

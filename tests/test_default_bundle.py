@@ -1,0 +1,66 @@
+"""The committed default bundle: it loads, it is served, and it meets the quality bar through the
+served score path, measured on the validation split of the real corpus."""
+
+import json
+
+import httpx
+import pytest
+
+from model.data import split_text
+from service.bundle import load_bundle
+from tests.conftest import DEFAULT_BUNDLE
+from tests.model.test_train import CORPUS
+
+QUALITY_BAR = 1.80  # nats per character on the validation split
+
+
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory):
+    from tests.conftest import start_server
+
+    server = start_server(DEFAULT_BUNDLE, tmp_path_factory.mktemp("default"), max_texts_per_request=64)
+    yield server
+    server.stop()
+
+
+def test_default_bundle_loads_and_records_its_training():
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    training = bundle.manifest["training"]
+    assert training["val_nats_per_char"] <= QUALITY_BAR
+    assert training["val_nats_per_char"] < training["bigram_val_nats_per_char"]
+    assert training["train_seconds"] <= 45 * 60
+    assert training["corpus_sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    size = sum(p.stat().st_size for p in DEFAULT_BUNDLE.iterdir())
+    assert size <= 25 * 1024 * 1024
+
+
+@pytest.mark.skipif(not CORPUS.is_file(), reason=f"corpus not found at {CORPUS} (set CORPUS)")
+def test_served_model_meets_the_quality_bar_on_validation_text(default_server):
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    val = split_text(CORPUS.read_text(encoding="utf-8")).val
+    ids = bundle.tokenizer.encode(val).ids
+    context = bundle.context_length
+    # Windows that overlap by one token, so every token after the first is scored exactly once.
+    windows = [ids[i : i + context] for i in range(0, len(ids) - 1, context - 1)]
+    windows = [w for w in windows if len(w) > 1]
+    total = 0.0
+    with httpx.Client(base_url=default_server.url, timeout=120) as client:
+        for i in range(0, len(windows), 32):
+            r = client.post("/v1/score", json={"token_ids": windows[i : i + 32]})
+            assert r.status_code == 200, r.text
+            total += sum(res["total_logprob"] for res in r.json()["results"])
+    nats_per_char = -total / len(val)
+    recorded = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["training"]["val_nats_per_char"]
+    assert nats_per_char <= QUALITY_BAR
+    assert abs(nats_per_char - recorded) < 0.01  # the served graphs are the trained model
+
+
+def test_full_context_attention_on_the_default_model(default_server):
+    r = httpx.post(
+        default_server.url + "/v1/attention",
+        json={"texts": ["word " * 400], "truncate": True, "layers": [3], "heads": [7]},
+        timeout=60,
+    )
+    assert r.status_code == 200
+    result = r.json()["results"][0]
+    assert len(result["token_ids"]) == 256 and len(result["attention"][0][0]) == 256
