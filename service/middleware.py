@@ -39,13 +39,21 @@ class RequestContext:
         request_id = headers.get(REQUEST_ID.encode(), b"").decode("latin-1")[:128] or uuid.uuid4().hex
         path = scope["path"]
         status = 500
+        held: Message | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, held
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+                # Held back until the body is ready, so that head and body leave in the same event-loop
+                # turn: a replica that dies mid-response must not leave a proxy with headers it cannot retry.
+                held = message
+                return
+            if held is not None:
+                start, held = held, None
+                await send(start)
             await send(message)
 
         async def reply(code: int, kind: str, message: str, extra: list | None = None) -> None:
