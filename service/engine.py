@@ -63,8 +63,11 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
 class Engine:
     """Runs one graph on a list of token-id rows, padding them into one batch."""
 
-    def __init__(self, bundle: Bundle, device: str = "auto", intra_op_threads: int = 0) -> None:
+    def __init__(
+        self, bundle: Bundle, device: str = "auto", intra_op_threads: int = 0, max_padding: float = float("inf")
+    ) -> None:
         self.bundle = bundle
+        self.max_padding = max_padding
         providers = choose_providers(device)
         opts = session_options(intra_op_threads)
         self.sessions = {
@@ -90,9 +93,18 @@ class Engine:
         log.info("model %s v%s loaded on %s%s", bundle.name, bundle.version, self.provider, why)
 
     def run(self, kind: str, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """rows: 1-D int64 token ids, each 1..context_length long. Returns one array per row:
+        """rows: 1-D int64 token ids, each 1..context_length long. Returns one array per row, in order:
         next_token (V,) log-probs; attention (L, nh, n, n) weights; score (n-1,) log-probs.
+
+        Rows of similar length run together (see group_by_length); each group is padded to its longest.
         """
+        results: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(rows)
+        for group in group_by_length([len(r) for r in rows], self.max_padding):
+            for i, out in zip(group, self._run_padded(kind, [rows[i] for i in group]), strict=True):
+                results[i] = out
+        return results
+
+    def _run_padded(self, kind: str, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
         lengths = [len(r) for r in rows]
         longest = max(lengths)
         if kind == contract.SCORE and longest < 2:
@@ -108,3 +120,24 @@ class Engine:
         if kind == contract.SCORE:
             return [out[i, : n - 1] for i, n in enumerate(lengths)]  # (n-1,)
         return list(out)  # (V,) each
+
+
+def group_by_length(lengths: Sequence[int], max_padding: float) -> list[list[int]]:
+    """Split a batch into groups of row indices whose padding stays small.
+
+    Padding every row to the batch's longest wastes most of the work when short and long inputs
+    arrive together (a 250-token prompt pads thirty 10-token ones to 250). Rows are taken longest
+    first; a group closes when adding the next row would make its padded size exceed
+    (1 + max_padding) times its real tokens. max_padding=inf gives one group (plain padding).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    real = 0
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= (1 + max_padding) * (real + lengths[i]):
+            groups[-1].append(i)
+            real += lengths[i]
+        else:
+            groups.append([i])
+            real = lengths[i]
+    return groups

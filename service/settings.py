@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(
         2.0, ge=0, le=1000, description="Longest wait for more rows after the first row of a batch arrives."
     )
+    batch_max_padding: float = Field(
+        0.1,
+        ge=0,
+        description="Rows of a batch run in length groups whose padding stays under this fraction of "
+        "their real tokens; large values pad the whole batch to its longest row.",
+    )
     max_queue_rows: int = Field(256, ge=1, description="Rows waiting per endpoint before new requests get 503.")
     max_texts_per_request: int = Field(64, ge=1, description="Most inputs in one request.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger ones get 413.")

@@ -1,0 +1,37 @@
+"""Length grouping inside a batch, and the engine's answers not depending on it."""
+
+import math
+
+import numpy as np
+import pytest
+
+from service.bundle import load_bundle
+from service.engine import Engine, group_by_length
+
+
+def test_groups_cover_every_row_once_and_bound_the_padding():
+    lengths = [250, 3, 7, 120, 118, 5, 240, 6, 60, 61]
+    for max_padding in (0.0, 0.1, 0.5):
+        groups = group_by_length(lengths, max_padding)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        for g in groups:
+            padded = len(g) * max(lengths[i] for i in g)
+            assert padded <= (1 + max_padding) * sum(lengths[i] for i in g) or len(g) == 1
+
+
+def test_no_limit_means_one_padded_batch_and_zero_means_equal_lengths_only():
+    lengths = [5, 9, 5, 2]
+    assert [sorted(g) for g in group_by_length(lengths, math.inf)] == [[0, 1, 2, 3]]
+    assert sorted(sorted(g) for g in group_by_length(lengths, 0.0)) == [[0, 2], [1], [3]]
+
+
+@pytest.mark.parametrize("kind", ["next_token", "attention", "score"])
+def test_grouped_and_padded_runs_give_the_same_answers_in_the_same_order(toy_bundle, kind):
+    bundle = load_bundle(toy_bundle)
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(0, bundle.vocab_size, n) for n in (20, 2, 9, 20, 3, 15)]
+    grouped = Engine(bundle, "cpu", max_padding=0.0).run(kind, rows)
+    padded = Engine(bundle, "cpu", max_padding=math.inf).run(kind, rows)
+    for g, p, r in zip(grouped, padded, rows, strict=True):
+        assert g.shape == p.shape and (kind != "score" or g.shape == (len(r) - 1,))
+        np.testing.assert_allclose(g, p, atol=1e-5)
