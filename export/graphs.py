@@ -19,10 +19,7 @@ class NextTokenGraph(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden, _ = self.model.hidden_states(input_ids, attention_mask)  # (B, T, C)
-        last = attention_mask.sum(dim=1) - 1  # (B,): index of each row's last real token
-        idx = last.view(-1, 1, 1).expand(-1, 1, hidden.size(-1))  # (B, 1, C)
-        h_last = hidden.gather(1, idx).squeeze(1)  # (B, C)
+        h_last = self.model.last_hidden(input_ids, attention_mask)  # (B, C)
         return torch.log_softmax(self.model.logits(h_last), dim=-1)  # (B, V)
 
 

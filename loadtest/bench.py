@@ -84,7 +84,10 @@ def engine_bench(bundle_dir: Path) -> dict:
 
     torch.set_num_threads(os.cpu_count() or 1)
     bundle = load_bundle(bundle_dir)
-    engine = Engine(bundle, device="cpu")
+    from service.settings import Settings
+
+    # The service's own grouping of rows by length, so "the engine" is what the service runs.
+    engine = Engine(bundle, device="cpu", max_padding=Settings().batch_max_padding)
     model = load_torch_model(bundle_dir)
     torch_graphs = {kind: GRAPHS[kind](model).eval() for kind in contract.GRAPH_FILES}
     rng = np.random.default_rng(0)
@@ -214,7 +217,7 @@ def wrk_script(directory: Path, path: str, bodies: list[bytes] | None = None) ->
 def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
     # One wrk thread: on a 2-core machine the load generator must leave the server a core.
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), url],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -585,6 +588,7 @@ def machine_info() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "default")
     p.add_argument("--seconds", type=float, default=8.0, help="wrk duration per serving point")

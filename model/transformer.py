@@ -42,27 +42,34 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(
-        self, x: torch.Tensor, allowed: torch.Tensor | None, need_weights: bool
+        self,
+        x: torch.Tensor,
+        allowed: torch.Tensor | None,
+        need_weights: bool,
+        query_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, C); allowed: (B, 1, T, T) bool, True where query may attend to key.
+        """x: (B, T, C); allowed: (B, 1, Tq, T) bool, True where query may attend to key.
 
-        allowed=None means plain causal attention over a batch with no padding.
-        Returns the output (B, T, C) and, if asked, the attention weights (B, nh, T, T).
+        allowed=None means plain causal attention over a batch with no padding. query_index (B,)
+        asks for one query per row, at that position (Tq = 1): keys and values still come from
+        every position. Returns the output (B, Tq, C) and, if asked, the weights (B, nh, Tq, T).
         """
         B, T, C = x.shape
-        q = self.w_q(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hs)
+        x_q = x if query_index is None else x.gather(1, query_index.view(B, 1, 1).expand(B, 1, C))  # (B, Tq, C)
+        Tq = x_q.size(1)
+        q = self.w_q(x_q).view(B, Tq, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, Tq, hs)
         k = self.w_k(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hs)
         v = self.w_v(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hs)
 
         if need_weights:
             # The shipped path: softmax(Q K^T / sqrt(d_k)) with the mask applied before softmax,
             # so masked keys get exactly zero weight.
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)  # (B, nh, T, T)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)  # (B, nh, Tq, T)
             if allowed is None:
                 allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             scores = scores.masked_fill(~allowed, float("-inf"))
-            weights = torch.softmax(scores, dim=-1)  # (B, nh, T, T)
-            y = self.attn_dropout(weights) @ v  # (B, nh, T, hs)
+            weights = torch.softmax(scores, dim=-1)  # (B, nh, Tq, T)
+            y = self.attn_dropout(weights) @ v  # (B, nh, Tq, hs)
         else:
             # Same math through the fused kernel; used for training, where weights are not read.
             weights = None
@@ -74,7 +81,7 @@ class CausalSelfAttention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
                 is_causal=allowed is None,
             )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        y = y.transpose(1, 2).contiguous().view(B, Tq, C)  # (B, Tq, C): heads side by side
         return self.resid_dropout(self.w_o(y)), weights
 
 
@@ -100,9 +107,15 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, allowed: torch.Tensor | None, need_weights: bool
+        self,
+        x: torch.Tensor,
+        allowed: torch.Tensor | None,
+        need_weights: bool,
+        query_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, weights = self.attn(self.ln_attn(x), allowed, need_weights)
+        a, weights = self.attn(self.ln_attn(x), allowed, need_weights, query_index)
+        if query_index is not None:
+            x = x.gather(1, query_index.view(-1, 1, 1).expand(-1, 1, x.size(-1)))  # (B, 1, C)
         x = x + a
         x = x + self.mlp(self.ln_mlp(x))
         return x, weights
@@ -157,6 +170,22 @@ class AttentionLM(nn.Module):
             if w is not None:
                 weights.append(w)
         return self.ln_f(x), weights
+
+    def last_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The final hidden state at each row's last real token, (B, C).
+
+        Same result as hidden_states()[b, last[b]], for less work: the last block needs every
+        position's keys and values but only the last position's query, attention output and MLP.
+        """
+        B, T = input_ids.shape
+        x = self.tok_emb(input_ids) * self.emb_scale + self.pos_enc[:T]  # (B, T, C)
+        key_ok = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()  # (T, T)
+        for block in self.blocks[:-1]:
+            x, _ = block(x, causal[None, None] & key_ok, need_weights=False)
+        last = attention_mask.sum(dim=1) - 1  # (B,): right padding, so every real key precedes it
+        x, _ = self.blocks[-1](x, key_ok, need_weights=False, query_index=last)  # (B, 1, C)
+        return self.ln_f(x[:, 0])
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Output layer tied to the token embedding: (..., C) -> (..., vocab)."""

@@ -80,3 +80,14 @@ def test_padding_does_not_change_real_positions(model):
 def test_config_rejects_heads_that_do_not_divide_width():
     with pytest.raises(ValueError, match="divisible"):
         ModelConfig(d_model=30, n_head=4)
+
+
+@torch.no_grad()
+def test_last_position_path_equals_the_full_forward_at_the_last_real_token(model):
+    ids = torch.randint(0, CFG.vocab_size, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    mask[2, 1:] = 0
+    full, _ = model.hidden_states(ids, mask)
+    last = mask.sum(1) - 1
+    torch.testing.assert_close(model.last_hidden(ids, mask), full[torch.arange(3), last], atol=1e-5, rtol=1e-5)
