@@ -2,7 +2,9 @@
 
 Each row waits in a bounded queue as a small item holding its input and a future. One consumer
 task per endpoint takes the first waiting row, then keeps taking rows until the batch is full or
-MAX_BATCH_DELAY_MS has passed since that first row arrived; rows whose caller has gone are dropped
+MAX_BATCH_DELAY_MS has passed since that first row arrived. That wait is only worth paying when the
+server is busy: if no row was waiting when the previous batch finished, the next row runs at once
+(a lone client would otherwise pay the full delay on every request); rows whose caller has gone are dropped
 before the model runs. The model call goes to a dedicated executor so the event loop keeps
 answering health checks and taking requests while a batch runs.
 """
@@ -72,6 +74,7 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._running: list[_Row] = []  # rows taken from the queue and not yet answered
+        self._busy = False  # rows were waiting when the last batch finished: worth waiting for company
 
     @property
     def queued_rows(self) -> int:
@@ -107,7 +110,7 @@ class DynamicBatcher:
         first = await self._queue.get()
         batch = [first]
         self._running = batch  # taken rows count as running, so stop() waits for them
-        deadline = first.enqueued + self.max_delay_s
+        deadline = first.enqueued + (self.max_delay_s if self._busy else 0.0)
         while len(batch) < self.max_batch_size:
             try:
                 batch.append(self._queue.get_nowait())
@@ -149,6 +152,7 @@ class DynamicBatcher:
                 continue
             finally:
                 self._running = []
+                self._busy = self._queue.qsize() > 0
             finished = time.perf_counter()
             for r, result in zip(live, results, strict=True):
                 _resolve(r.future, result)

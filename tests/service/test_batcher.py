@@ -55,22 +55,43 @@ def test_a_full_batch_runs_without_waiting_for_the_deadline():
     assert rec.batches == [[0, 1, 2, 3]]
 
 
-def test_a_partial_batch_runs_when_the_deadline_passes():
-    rec = Recorder()
+def test_when_busy_a_partial_batch_waits_for_company_until_the_deadline():
+    rec = Recorder(delay=0.05)
 
     async def main():
-        b = make(rec, max_batch_size=8, max_delay_s=0.05)
+        b = make(rec, max_batch_size=8, max_delay_s=0.3)
         b.start()
         started = time.perf_counter()
-        results = await asyncio.gather(b.submit([1]), b.submit([2, 3]))
+        first = asyncio.create_task(b.submit([0]))  # idle: runs at once
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(b.submit([1]))  # waiting when [0] finishes: the batcher is busy
+        await asyncio.sleep(0.1)
+        third = asyncio.create_task(b.submit([2, 3]))  # joins [1] before its deadline
+        results = [await first, await second, await third]
         waited = time.perf_counter() - started
         await b.stop()
         return results, waited
 
     results, waited = run(main())
-    assert results == [[2], [4, 6]]
-    assert rec.batches == [[1, 2, 3]]
-    assert 0.04 <= waited < 1.0
+    assert results == [[0], [2], [4, 6]]
+    assert rec.batches == [[0], [1, 2, 3]]
+    assert 0.25 <= waited < 2.0
+
+
+def test_when_idle_a_lone_row_does_not_wait_for_the_deadline():
+    rec = Recorder()
+
+    async def main():
+        b = make(rec, max_batch_size=8, max_delay_s=10.0)
+        b.start()
+        started = time.perf_counter()
+        result = await b.submit([7])
+        waited = time.perf_counter() - started
+        await b.stop()
+        return result, waited
+
+    result, waited = run(main())
+    assert result == [14] and waited < 1.0
 
 
 def test_results_come_back_in_order_across_batches():
