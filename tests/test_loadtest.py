@@ -16,31 +16,27 @@ def test_prompts_cover_short_and_long_inputs():
     assert len(lengths) >= 20 and lengths[0] < 20 and lengths[-1] > 400
 
 
+def run_loadtest(url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "loadtest", "--url", url, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
 @pytest.mark.parametrize("endpoint", ["next-token", "attention", "score"])
 def test_closed_loop_client_reports_throughput_latency_and_statuses(toy_server, tmp_path, endpoint):
     out = tmp_path / "result.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadtest",
-            "--url",
-            toy_server.url,
-            "--endpoint",
-            endpoint,
-            "--concurrency",
-            "4",
-            "--duration",
-            "1.5",
-            "--warmup",
-            "0.2",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_loadtest(
+        toy_server.url,
+        "--endpoint",
+        endpoint,
+        "--concurrency",
+        "4",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.2",
+        "--out",
+        str(out),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok/s" in result.stdout and "p99=" in result.stdout
@@ -50,26 +46,8 @@ def test_closed_loop_client_reports_throughput_latency_and_statuses(toy_server, 
 
 
 def test_closed_loop_client_counts_errors_by_status(toy_server, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadtest",
-            "--url",
-            toy_server.url,
-            "--path",
-            "/nowhere",
-            "--concurrency",
-            "2",
-            "--requests",
-            "20",
-            "--warmup",
-            "0",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_loadtest(
+        toy_server.url, "--path", "/nowhere", "--concurrency", "2", "--requests", "20", "--warmup", "0"
     )
     assert result.returncode == 1 and "'404': 20" in result.stdout
 
