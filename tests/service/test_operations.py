@@ -1,6 +1,7 @@
 """How the server behaves for operators: overload, timeouts, draining, settings, start-up."""
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,8 @@ import sys
 import httpx
 
 from tests.conftest import ROOT, batches_larger_than_one
+
+JSON = {"content-type": "application/json"}
 
 
 async def _burst(url: str, n: int, body: dict, path: str = "/v1/next-token") -> list[httpx.Response]:
@@ -121,3 +124,32 @@ def test_cpu_only_start_up_says_so_in_one_line(server_factory, toy_bundle):
     log = server.log()
     assert "on CPUExecutionProvider (no usable GPU found)" in log
     assert "Traceback" not in log and "ERROR" not in log
+
+
+def test_clients_that_hang_up_do_not_break_the_batch_for_the_others(server_factory, toy_bundle):
+    server = server_factory(toy_bundle, max_batch_size=8, max_batch_delay_ms=50)
+    body = json.dumps({"texts": ["I do not like hate. " * 4] * 4, "truncate": True}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    raw = (
+        f"POST /v1/attention HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    async def hang_up() -> None:
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(raw)
+        await writer.drain()
+        writer.close()  # gone before the answer: its rows are still in the queue or in a batch
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            patient = [asyncio.create_task(client.post("/v1/attention", content=body, headers=JSON)) for _ in range(12)]
+            await asyncio.gather(*(hang_up() for _ in range(12)))
+            return await asyncio.gather(*patient)
+
+    responses = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [200] * 12
+    assert all(len(r.json()["results"]) == 4 for r in responses)
+    assert httpx.get(server.url + "/readyz").status_code == 200
+    assert 'status="500"' not in httpx.get(server.url + "/metrics").text
+    assert "Traceback" not in server.log()
