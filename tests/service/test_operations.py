@@ -21,8 +21,9 @@ async def _burst(url: str, n: int, body: dict, path: str = "/v1/next-token") -> 
 
 
 def test_overload_answers_503_at_once_and_serves_everything_it_accepted(server_factory, toy_bundle):
-    server = server_factory(toy_bundle, max_queue_rows=4, max_batch_size=1, max_batch_delay_ms=0)
-    responses = asyncio.run(_burst(server.url, 60, {"texts": ["I do not like hate. " * 4], "truncate": True}))
+    # Room for two requests of four rows each; one row per batch keeps the queue full.
+    server = server_factory(toy_bundle, max_queue_rows=8, max_batch_size=1, max_batch_delay_ms=0)
+    responses = asyncio.run(_burst(server.url, 60, {"texts": ["I do not like hate. " * 4] * 4, "truncate": True}))
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 503}, codes
     assert codes.count(503) > 0 and codes.count(200) > 0
@@ -38,9 +39,9 @@ def test_overload_answers_503_at_once_and_serves_everything_it_accepted(server_f
 
 
 def test_a_request_that_waits_too_long_gets_504(server_factory, toy_bundle):
-    # One row per batch and a 50 ms budget: the back of a burst of 80 waits longer than that.
+    # One row per batch, 8 rows per request and a 50 ms budget: the back of a burst of 80 waits longer.
     server = server_factory(toy_bundle, max_batch_size=1, request_timeout_s=0.05, max_queue_rows=1000)
-    body = {"texts": ["I do not like hate. " * 4], "truncate": True}
+    body = {"texts": ["I do not like hate. " * 4] * 8, "truncate": True}
     responses = asyncio.run(_burst(server.url, 80, body, path="/v1/attention"))
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 504} and 504 in codes, codes
