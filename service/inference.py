@@ -171,6 +171,12 @@ class InferenceService:
         layers = self._indices(req.layers, cfg["n_layer"], "layer")
         heads = self._indices(req.heads, cfg["n_head"], "head")
         rows = self.rows(req)
+        values = len(layers) * len(heads) * sum(len(r.ids) ** 2 for r in rows)
+        if values > self.settings.max_attention_values:
+            raise InputError(
+                f"the answer would hold {values:,} attention weights, more than MAX_ATTENTION_VALUES="
+                f"{self.settings.max_attention_values:,}; ask for fewer layers, heads or inputs"
+            )
         outputs = await self._run(contract.ATTENTION, rows)
         results = []
         for row, weights in zip(rows, outputs, strict=True):

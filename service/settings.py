@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     )
     max_queue_rows: int = Field(256, ge=1, description="Rows waiting per endpoint before new requests get 503.")
     max_texts_per_request: int = Field(64, ge=1, description="Most inputs in one request.")
+    max_attention_values: int = Field(
+        8_000_000,
+        ge=1,
+        description="Most attention weights in one response (about 10 bytes of JSON each); ask for fewer "
+        "layers, heads or inputs beyond it.",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger ones get 413.")
     request_timeout_s: float = Field(30.0, gt=0, description="Longest wait for an answer; then 504.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")

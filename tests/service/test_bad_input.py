@@ -28,6 +28,7 @@ CASES = [
     ("/v1/attention", {"texts": ["a"], "heads": [4]}, 422, "unknown head"),
     ("/v1/attention", {"texts": ["a"], "heads": [-1]}, 422, "heads"),
     ("/v1/attention", {"texts": ["a"], "layers": []}, 422, "layers"),
+    ("/v1/attention", {"texts": ["I do not like hate. " * 3] * 8}, 422, "MAX_ATTENTION_VALUES"),
     ("/v1/score", {"texts": [LONG]}, 422, "context"),
     ("/v1/score", {"texts": ["a"], "truncate": "maybe"}, 422, "truncate"),
 ]
@@ -37,7 +38,13 @@ CASES = [
 def server(toy_bundle, tmp_path_factory):
     from tests.conftest import start_server
 
-    s = start_server(toy_bundle, tmp_path_factory.mktemp("bad"), max_texts_per_request=8, max_body_bytes=4096)
+    s = start_server(
+        toy_bundle,
+        tmp_path_factory.mktemp("bad"),
+        max_texts_per_request=8,
+        max_body_bytes=4096,
+        max_attention_values=10_000,  # the toy model: 2 layers x 4 heads x 24^2 = 4,608 per full-length input
+    )
     yield s
     s.stop()
 
