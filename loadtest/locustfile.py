@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import os
 import random
+import time
+import urllib.request
 
-from locust import FastHttpUser, between, task
+from locust import FastHttpUser, between, events, task
 
 from loadtest.workload import ENDPOINTS, load_prompts, request_body
 
 PROMPTS = load_prompts()
+READY_TIMEOUT_S = float(os.environ.get("ATTNSERVE_READY_TIMEOUT_S", "180"))
+
+
+@events.test_start.add_listener
+def wait_until_ready(environment, **_kwargs) -> None:
+    """Hold the users back until /readyz says 200, so a run started beside a booting server (the
+    compose loadtest profile) measures the model, not connection errors."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{environment.host}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{environment.host} was not ready within {READY_TIMEOUT_S:g} s")
 
 
 def weight(name: str, default: int) -> int:

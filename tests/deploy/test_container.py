@@ -108,10 +108,12 @@ def test_image_serves_runs_as_non_root_without_torch_and_drains_on_sigterm(env):
     assert "service.app: stopped" in logs and "Traceback" not in logs
 
 
-def compose(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    files = [a for f in COMPOSE_FILES for a in ("-f", f)]
+def compose(
+    env: dict, *args: str, files: list[str] = COMPOSE_FILES, project: str = "attnserve-test", timeout: float = 900
+) -> subprocess.CompletedProcess:
+    file_args = [a for f in files for a in ("-f", f)]
     result = subprocess.run(
-        [venv_tool("podman-compose"), "-p", "attnserve-test", *files, *args],
+        [venv_tool("podman-compose"), "-p", project, *file_args, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -151,3 +153,20 @@ def test_merged_compose_files_are_valid_compose(env):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nvidia" not in merged and "nginx" in merged
+
+
+def test_compose_loadtest_profile_runs_locust_against_the_api(env):
+    env = {**env, "ATTNSERVE_TAG": "cpu", "PORT": str(free_port()), "LOCUST_USERS": "4", "LOCUST_TIME": "5s"}
+    files, project = ["docker-compose.yml", "docker-compose.cpu.yml"], "attnserve-loadtest"
+    try:
+        compose(env, "--profile", "loadtest", "up", "-d", files=files, project=project)
+        container = f"{project}_loadtest_1"
+        exit_code = pm.podman(env, "wait", container, timeout=600).stdout.strip()
+        logs = pm.podman(env, "logs", container)
+        output = logs.stdout + logs.stderr
+        assert exit_code == "0", output[-3000:]
+        aggregated = next(line for line in output.splitlines() if line.strip().startswith("Aggregated"))
+        requests, failures = (int(x.split("(")[0]) for x in aggregated.split()[1:3])  # "0(0.00%)"
+        assert requests > 0 and failures == 0, aggregated
+    finally:
+        compose(env, "--profile", "loadtest", "down", "-t", "30", files=files, project=project)
