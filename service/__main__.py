@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 from pydantic import ValidationError
+from starlette.datastructures import State
 
 from service.app import create_app
 from service.bundle import load_bundle
@@ -20,11 +21,12 @@ log = logging.getLogger("service")
 class DrainingServer(uvicorn.Server):
     """Flips readiness to 503 the moment SIGTERM/SIGINT arrives, before uvicorn starts draining."""
 
+    def __init__(self, config: uvicorn.Config, state: State) -> None:
+        super().__init__(config)
+        self.state = state
+
     def handle_exit(self, sig: int, frame: object) -> None:
-        app = self.config.loaded_app
-        state = getattr(app, "state", None) or getattr(getattr(app, "app", None), "state", None)
-        if state is not None:
-            state.draining = True
+        self.state.draining = True
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
 
@@ -44,15 +46,16 @@ def main() -> int:
     except (BundleError, DeviceError) as e:
         log.error("cannot start: %s", e)
         return 2
+    app = create_app(settings, bundle)
     config = uvicorn.Config(
-        create_app(settings, bundle),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # the middleware counts every request in /metrics; logs them at debug level
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
-    DrainingServer(config).run()
+    DrainingServer(config, app.state).run()
     return 0
 
 

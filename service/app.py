@@ -16,19 +16,11 @@ from service.errors import DrainingError, InferenceTimeoutError, InputError, Que
 from service.inference import InferenceService
 from service.metrics import Metrics
 from service.middleware import RequestContext
+from service.responses import error_response
 from service.routes import health, v1
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def _error(
-    status: int, kind: str, message: str, details: list | None = None, headers: dict | None = None
-) -> JSONResponse:
-    body: dict = {"type": kind, "message": message}
-    if details is not None:
-        body["details"] = details
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
@@ -68,33 +60,33 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
         if any(e["type"] == "json_invalid" for e in errors):
-            return _error(400, "malformed_json", "the request body is not valid JSON", errors)
+            return error_response(400, "malformed_json", "the request body is not valid JSON", errors)
         summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
-        return _error(422, "invalid_request", summary, errors)
+        return error_response(422, "invalid_request", summary, errors)
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
-        return _error(422, "invalid_input", str(exc))
+        return error_response(422, "invalid_input", str(exc))
 
     @app.exception_handler(QueueFullError)
     async def queue_full(_: Request, exc: QueueFullError) -> JSONResponse:
-        return _error(503, "overloaded", str(exc), headers={"Retry-After": "1"})
+        return error_response(503, "overloaded", str(exc), headers={"Retry-After": "1"})
 
     @app.exception_handler(DrainingError)
     async def draining(_: Request, exc: DrainingError) -> JSONResponse:
-        return _error(503, "draining", str(exc), headers={"Retry-After": "1"})
+        return error_response(503, "draining", str(exc), headers={"Retry-After": "1"})
 
     @app.exception_handler(InferenceTimeoutError)
     async def timeout(_: Request, exc: InferenceTimeoutError) -> JSONResponse:
-        return _error(504, "timeout", str(exc))
+        return error_response(504, "timeout", str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return _error(500, "internal_error", "internal error; see the server log")
+        return error_response(500, "internal_error", "internal error; see the server log")
 
     return app

@@ -63,9 +63,7 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
 class Engine:
     """Runs one graph on a list of token-id rows, padding them into one batch."""
 
-    def __init__(
-        self, bundle: Bundle, device: str = "auto", intra_op_threads: int = 0, max_padding: float = float("inf")
-    ) -> None:
+    def __init__(self, bundle: Bundle, device: str, intra_op_threads: int = 0, *, max_padding: float) -> None:
         self.bundle = bundle
         self.max_padding = max_padding
         providers = choose_providers(device)

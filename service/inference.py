@@ -46,7 +46,7 @@ class InferenceService:
         self.bundle = bundle
         self.settings = settings
         self.metrics = metrics
-        self.engine = Engine(bundle, settings.device, settings.intra_op_threads, settings.batch_max_padding)
+        self.engine = Engine(bundle, settings.device, settings.intra_op_threads, max_padding=settings.batch_max_padding)
         # Each token decoded on its own, once, so responses can name tokens without calling the tokenizer.
         self.token_text = bundle.tokenizer.decode_batch([[i] for i in range(bundle.vocab_size)])
         # One worker: a single inference at a time gets every core (ONNX Runtime's intra-op threads).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -11,14 +10,11 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
+from service.responses import error_response
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
-
-
-def error_body(kind: str, message: str) -> bytes:
-    return json.dumps({"error": {"type": kind, "message": message}}).encode()
 
 
 class RequestContext:
@@ -56,25 +52,13 @@ class RequestContext:
                 await send(start)
             await send(message)
 
-        async def reply(code: int, kind: str, message: str, extra: list | None = None) -> None:
-            body = error_body(kind, message)
-            await send_with_id(
-                {
-                    "type": "http.response.start",
-                    "status": code,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        *(extra or []),
-                    ],
-                }
-            )
-            await send_with_id({"type": "http.response.body", "body": body})
+        async def reply(code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
+            await error_response(code, kind, message, headers=headers)(scope, receive, send_with_id)
 
         try:
             if self.state.draining and path.startswith("/v1/"):
                 await reply(
-                    503, "draining", "the server is shutting down; retry on another replica", [(b"retry-after", b"1")]
+                    503, "draining", "the server is shutting down; retry on another replica", {"Retry-After": "1"}
                 )
                 return
             body_or_none = await self._read_body(headers, receive)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.inference import InferenceService
+from service.responses import error_response
 from service.schemas import (
     AttentionRequest,
     AttentionResponse,
@@ -76,17 +77,9 @@ async def readyz(request: Request) -> Response:
     """Readiness: 200 once the model is loaded and warmed up, 503 while starting or draining."""
     state = request.app.state
     if state.draining:
-        return Response(
-            orjson.dumps({"error": {"type": "draining", "message": "shutting down"}}),
-            503,
-            media_type="application/json",
-        )
+        return error_response(503, "draining", "shutting down")
     if not state.ready:
-        return Response(
-            orjson.dumps({"error": {"type": "starting", "message": "model not loaded yet"}}),
-            503,
-            media_type="application/json",
-        )
+        return error_response(503, "starting", "model not loaded yet")
     return Response(orjson.dumps({"status": "ready"}), media_type="application/json")
 
 
