@@ -374,6 +374,36 @@ def serving_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
     return results
 
 
+def next_token_check(bundle_dir: Path, seconds: float, docs: Path, label: str) -> int:
+    """The next-token serving curve of the service alone, saved under a label; see report()."""
+    bodies = request_bodies("next-token")
+    env = {"MODEL_DIR": str(bundle_dir), "DEVICE": "cpu", "LOG_LEVEL": "warning"}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        script = wrk_script(work, "/v1/next-token", bodies)
+        server = Server("service", [sys.executable, "-m", "service"], env, work)
+        try:
+            server.wait_ready("/readyz")
+            run_wrk(server.url, script, 16, 2)  # warm-up
+            points = [run_wrk(server.url, script, c, seconds) for c in CONCURRENCY]
+        finally:
+            server.stop()
+    for point in points:
+        log.info(
+            "%s c=%d: %.1f rps, p50 %.1f ms, p99 %.1f ms",
+            label,
+            point["concurrency"],
+            point["rps"],
+            point["p50_ms"],
+            point["p99_ms"],
+        )
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    result = {"label": label, "commit": commit.stdout.strip(), "seconds": seconds, "points": points}
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / f"next_token_{label}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def client_check(seconds: float, work: Path) -> dict:
     """Our Python load client against wrk on the trivial endpoint: can it keep up?"""
     server = Server("client_check", BASELINE_SERVER, {"BASELINE": "constant"}, work)
@@ -614,7 +644,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "bench")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last results.json")
+    p.add_argument(
+        "--next-token-only",
+        metavar="LABEL",
+        help="measure only the service's next-token path and write docs/bench/next_token_LABEL.json "
+        "(for before/after comparisons of one change)",
+    )
     args = p.parse_args(argv)
+    if args.next_token_only:
+        return next_token_check(args.bundle, args.seconds, args.docs, args.next_token_only)
     notes_file = Path(__file__).with_name("bench_notes.md")
     notes = notes_file.read_text() if notes_file.exists() else ""
     if args.report_only:
