@@ -26,6 +26,7 @@ ENTRYPOINT ["locust", "-f", "/app/loadtest/locustfile.py"]
 FROM ${BASE_IMAGE} AS serve
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
+COPY bundlespec/ /app/bundlespec/
 COPY service/ /app/service/
 COPY bundles/default/ /app/bundles/default/
 RUN useradd --system --uid 10001 --no-create-home attnserve

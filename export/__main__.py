@@ -1,18 +1,21 @@
 """Export a checkpoint to a verified bundle.
 
 python -m export --checkpoint runs/default/checkpoint.pt --out bundles/default
+python -m export --from-bundle bundles/default --out bundles/default   (rebuild in today's format)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 import torch
 
-from export.bundle import write_bundle
+from bundlespec import MANIFEST_FILE, TOKENIZER_FILE
+from export.bundle import load_torch_model, write_bundle
 from export.verify import ParityError, verify_bundle
 from model.config import ModelConfig
 from model.transformer import AttentionLM
@@ -30,16 +33,30 @@ def load_checkpoint(path: Path) -> tuple[AttentionLM, str, dict]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, default=Path("runs/default/checkpoint.pt"))
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, default=Path("runs/default/checkpoint.pt"))
+    source.add_argument(
+        "--from-bundle",
+        type=Path,
+        help="re-export an existing bundle (any format) from its own weights, e.g. after a format change",
+    )
     p.add_argument("--out", type=Path, default=Path("bundles/default"))
-    p.add_argument("--name", default="attnserve-shakespeare")
-    p.add_argument("--version", default="1")
+    p.add_argument("--name", help="model name (default: attnserve-shakespeare, or the old bundle's)")
+    p.add_argument("--version", help="model version (default: 1, or the old bundle's)")
     args = p.parse_args(argv)
-    if not args.checkpoint.is_file():
+    if args.from_bundle is not None:
+        old = json.loads((args.from_bundle / MANIFEST_FILE).read_text())
+        model = load_torch_model(args.from_bundle)
+        tokenizer_json = (args.from_bundle / TOKENIZER_FILE).read_text(encoding="utf-8")
+        metrics = old.get("training", {})
+        name, version = args.name or old["name"], args.version or old["version"]
+    elif args.checkpoint.is_file():
+        model, tokenizer_json, metrics = load_checkpoint(args.checkpoint)
+        name, version = args.name or "attnserve-shakespeare", args.version or "1"
+    else:
         log.error("checkpoint not found: %s (run 'make model' or 'python -m model' first)", args.checkpoint)
         return 2
-    model, tokenizer_json, metrics = load_checkpoint(args.checkpoint)
-    write_bundle(model, tokenizer_json, metrics, args.out, args.name, args.version)
+    write_bundle(model, tokenizer_json, metrics, args.out, name, version)
     try:
         verify_bundle(model, args.out)
     except ParityError as e:

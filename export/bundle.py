@@ -17,11 +17,10 @@ import torch
 from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 
+from bundlespec import BUNDLE_FORMAT, GRAPHS, MANIFEST_FILE, TOKENIZER_FILE, WEIGHTS_FILE, Manifest, sha256_file
 from export.graphs import export_graph
 from model.config import ModelConfig
 from model.transformer import AttentionLM
-from service import contract
-from service.bundle import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -97,34 +96,30 @@ def write_bundle(
     for stale in out_dir.iterdir():
         if stale.is_file():
             stale.unlink()
-    with tempfile.TemporaryDirectory() as tmp, open(out_dir / contract.WEIGHTS_FILE, "wb") as weights_file:
-        weights = SharedWeights(weights_file, contract.WEIGHTS_FILE)
-        for kind, filename in contract.GRAPH_FILES.items():
-            raw_path = Path(tmp) / filename
-            export_graph(model, kind, str(raw_path), opset=OPSET)
+    with tempfile.TemporaryDirectory() as tmp, open(out_dir / WEIGHTS_FILE, "wb") as weights_file:
+        weights = SharedWeights(weights_file, WEIGHTS_FILE)
+        for spec in GRAPHS.values():
+            raw_path = Path(tmp) / spec.file
+            export_graph(model, spec.name, str(raw_path), opset=OPSET)
             proto = onnx.load(str(raw_path))
             weights.externalize(proto)
-            onnx.save(proto, str(out_dir / filename))
+            onnx.save(proto, str(out_dir / spec.file))
         torch_weights = weights.locate_state_dict(model)
-    (out_dir / contract.TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
-    for filename in contract.GRAPH_FILES.values():
-        onnx.checker.check_model(str(out_dir / filename))
+    (out_dir / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+    for spec in GRAPHS.values():
+        onnx.checker.check_model(str(out_dir / spec.file))
 
-    cfg = model.cfg
-    files = sorted([*contract.GRAPH_FILES.values(), contract.WEIGHTS_FILE, contract.TOKENIZER_FILE])
+    files = sorted([*(g.file for g in GRAPHS.values()), WEIGHTS_FILE, TOKENIZER_FILE])
     manifest = {
-        "format": contract.BUNDLE_FORMAT,
+        "format": BUNDLE_FORMAT,
         "name": name,
         "version": version,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
-        "model_config": cfg.to_dict(),
-        "vocab_size": cfg.vocab_size,
-        "context_length": cfg.context_length,
+        "architecture": model.cfg.to_dict(),
         "opset": OPSET,
-        "inputs": list(contract.INPUT_NAMES),
         "graphs": {
-            kind: {"file": f, "output": contract.OUTPUT_NAMES[kind]} for kind, f in contract.GRAPH_FILES.items()
+            g.name: {"file": g.file, "inputs": g.input_names, "outputs": g.output_names} for g in GRAPHS.values()
         },
         "files": {f: sha256_file(out_dir / f) for f in files},
         "torch_weights": torch_weights,
@@ -144,18 +139,23 @@ def write_bundle(
             )
         },
     }
-    (out_dir / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    Manifest.model_validate(manifest)  # the exporter writes nothing the service would refuse
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     total = sum((out_dir / f).stat().st_size for f in files)
     log.info("bundle %s: %.1f MB in %d files", out_dir, total / 1e6, len(files) + 1)
     return manifest
 
 
 def load_torch_model(bundle_dir: Path) -> AttentionLM:
-    """The PyTorch model behind a bundle, rebuilt from its weights file (see locate_state_dict)."""
-    manifest = json.loads((bundle_dir / contract.MANIFEST_FILE).read_text())
-    model = AttentionLM(ModelConfig.from_dict(manifest["model_config"]))
+    """The PyTorch model behind a bundle, rebuilt from its weights file (see locate_state_dict).
+
+    Reads the raw manifest rather than the typed one, so that a bundle of an older format can be
+    rebuilt (python -m export --from-bundle); format 1 called the architecture "model_config".
+    """
+    manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text())
+    model = AttentionLM(ModelConfig.from_dict(manifest.get("architecture") or manifest["model_config"]))
     state = {}
-    with open(bundle_dir / contract.WEIGHTS_FILE, "rb") as f:
+    with open(bundle_dir / WEIGHTS_FILE, "rb") as f:
         for name, where in manifest["torch_weights"].items():
             shape = where["shape"]
             stored = shape[::-1] if where["transposed"] else shape

@@ -1,6 +1,6 @@
-"""The three serving graphs, as thin wrappers around the trained model.
+"""The serving graphs, as thin wrappers around the trained model; names and axes come from bundlespec.
 
-Each wrapper computes only what its endpoint needs, so next-token requests never pay for the
+Each wrapper computes only what its job needs, so next-token requests never pay for the
 [batch, seq, vocab] logits or the attention tensors.
 """
 
@@ -9,75 +9,93 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bundlespec import GRAPHS
+from bundlespec.graphs import TOP_LOGPROBS
 from model.transformer import AttentionLM
-from service import contract
 
 
-class NextTokenGraph(nn.Module):
+class PromptGraph(nn.Module):
+    """A graph over a right-padded prompt batch: input_ids and attention_mask (B, T)."""
+
     def __init__(self, model: AttentionLM) -> None:
         super().__init__()
         self.model = model
 
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        """Inputs to trace with: two rows, the second one padded, so no axis is traced as a constant."""
+        ids = torch.randint(0, self.model.cfg.vocab_size, (2, 8))
+        mask = torch.ones_like(ids)
+        mask[1, 5:] = 0
+        return ids, mask
+
+
+class NextTokenGraph(PromptGraph):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h_last = self.model.last_hidden(input_ids, attention_mask)  # (B, C)
         return torch.log_softmax(self.model.logits(h_last), dim=-1)  # (B, V)
 
 
-class AttentionGraph(nn.Module):
-    def __init__(self, model: AttentionLM) -> None:
-        super().__init__()
-        self.model = model
-
+class AttentionGraph(PromptGraph):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         _, weights = self.model.hidden_states(input_ids, attention_mask, need_weights=True)
         return torch.stack(weights, dim=1)  # (B, L, nh, T, T)
 
 
-class ScoreGraph(nn.Module):
-    def __init__(self, model: AttentionLM) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+class ScoreGraph(PromptGraph):
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         hidden, _ = self.model.hidden_states(input_ids, attention_mask)  # (B, T, C)
         logprobs = torch.log_softmax(self.model.logits(hidden[:, :-1]), dim=-1)  # (B, T-1, V)
         targets = input_ids[:, 1:].unsqueeze(-1)  # (B, T-1, 1)
-        return logprobs.gather(-1, targets).squeeze(-1)  # (B, T-1)
+        k = min(TOP_LOGPROBS, self.model.cfg.vocab_size)
+        top, top_ids = logprobs.topk(k, dim=-1)  # (B, T-1, K) each, most likely first
+        return logprobs.gather(-1, targets).squeeze(-1), top, top_ids  # (B, T-1), (B, T-1, K), (B, T-1, K)
 
 
-GRAPHS: dict[str, type[nn.Module]] = {
-    contract.NEXT_TOKEN: NextTokenGraph,
-    contract.ATTENTION: AttentionGraph,
-    contract.SCORE: ScoreGraph,
+class PrefillGraph(PromptGraph):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        h_last, keys, values, last_attention = self.model.prefill(input_ids, attention_mask)
+        return torch.log_softmax(self.model.logits(h_last), dim=-1), keys, values, last_attention
+
+
+class DecodeGraph(PromptGraph):
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        cfg, past = self.model.cfg, 5
+        cache = torch.randn(2, cfg.n_layer, cfg.n_head, past, cfg.d_head)
+        mask = torch.ones(2, past, dtype=torch.long)
+        mask[1, 3:] = 0  # the second row's cache is shorter: padded slots
+        return torch.randint(0, cfg.vocab_size, (2, 1)), torch.tensor([5, 3]), cache, cache.clone(), mask
+
+    def forward(self, input_ids, positions, past_keys, past_values, past_mask):
+        h, new_keys, new_values, weights = self.model.decode(input_ids, positions, past_keys, past_values, past_mask)
+        return torch.log_softmax(self.model.logits(h), dim=-1), new_keys, new_values, weights
+
+
+WRAPPERS: dict[str, type[PromptGraph]] = {
+    "next_token": NextTokenGraph,
+    "attention": AttentionGraph,
+    "score": ScoreGraph,
+    "prefill": PrefillGraph,
+    "decode": DecodeGraph,
 }
 
 
-def output_axes(kind: str) -> dict[int, str]:
-    if kind == contract.NEXT_TOKEN:
-        return {0: contract.BATCH_AXIS}
-    if kind == contract.ATTENTION:
-        return {0: contract.BATCH_AXIS, 3: contract.SEQ_AXIS, 4: contract.SEQ_AXIS}
-    return {0: contract.BATCH_AXIS, 1: contract.SCORE_SEQ_AXIS}
+def wrap(name: str, model: AttentionLM) -> PromptGraph:
+    return WRAPPERS[name](model).eval()
 
 
-def export_graph(model: AttentionLM, kind: str, path: str, opset: int = 17) -> None:
-    """Trace one graph to ONNX with dynamic batch and sequence axes."""
-    graph = GRAPHS[kind](model).eval()
-    ids = torch.randint(0, model.cfg.vocab_size, (2, 8))
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = 0
-    io_axes = {0: contract.BATCH_AXIS, 1: contract.SEQ_AXIS}
+def export_graph(model: AttentionLM, name: str, path: str, opset: int = 17) -> None:
+    """Trace one graph to ONNX with the dynamic axes that bundlespec names."""
+    spec = GRAPHS[name]
+    graph = wrap(name, model)
     torch.onnx.export(
         graph,
-        (ids, mask),
+        graph.example_inputs(),
         path,
-        input_names=list(contract.INPUT_NAMES),
-        output_names=[contract.OUTPUT_NAMES[kind]],
-        dynamic_axes={
-            contract.INPUT_IDS: io_axes,
-            contract.ATTENTION_MASK: io_axes,
-            contract.OUTPUT_NAMES[kind]: output_axes(kind),
-        },
+        input_names=spec.input_names,
+        output_names=spec.output_names,
+        dynamic_axes={t.name: t.dynamic_axes() for t in (*spec.inputs, *spec.outputs)},
         opset_version=opset,
         dynamo=False,
     )

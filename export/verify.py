@@ -9,13 +9,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.graphs import GRAPHS
+from bundlespec import GRAPHS, ONE_SHOT
+from export.graphs import wrap
 from model.transformer import AttentionLM
-from service import contract
 
 log = logging.getLogger(__name__)
-
-TOLERANCE = {contract.NEXT_TOKEN: 1e-4, contract.SCORE: 1e-4, contract.ATTENTION: 1e-5}
 
 
 class ParityError(AssertionError):
@@ -27,59 +25,146 @@ def random_batch(rng: np.random.Generator, vocab: int, context: int) -> tuple[np
     batch = int(rng.integers(1, 6))
     longest = int(rng.integers(1, context + 1))
     lengths = [longest] + [int(rng.integers(1, longest + 1)) for _ in range(batch - 1)]
-    ids = np.zeros((batch, longest), dtype=np.int64)
-    mask = np.zeros((batch, longest), dtype=np.int64)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = rng.integers(0, vocab, n)
-        mask[row, :n] = 1
-    return ids, mask, lengths
+    return *pad([rng.integers(0, vocab, n) for n in lengths]), lengths
 
 
-def real_part(kind: str, out: np.ndarray, n: int) -> np.ndarray:
-    """The part of one row's output that depends only on its n real tokens."""
-    if kind == contract.ATTENTION:
-        return out[:, :, :n, :n]
-    if kind == contract.SCORE:
-        return out[: n - 1]
-    return out
+def pad(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad 1-D token rows into ids and mask (B, T)."""
+    ids = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def _session(bundle_dir: Path, name: str) -> ort.InferenceSession:
+    return ort.InferenceSession(str(bundle_dir / GRAPHS[name].file), providers=["CPUExecutionProvider"])
+
+
+def _torch(model: AttentionLM, name: str, *inputs: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = wrap(name, model)(*(torch.from_numpy(x) for x in inputs))
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def _check(name: str, got: np.ndarray, want: np.ndarray, tol: float, what: str) -> float:
+    if got.dtype.kind == "i":
+        return 0.0  # top-k ids may swap on ties; their log-probs are compared instead
+    err = float(np.abs(got - want).max()) if got.size else 0.0
+    if err > tol:
+        raise ParityError(f"{name}: {what} differs by {err:.2e} > {tol:.0e}")
+    return err
+
+
+def verify_one_shot(model: AttentionLM, bundle_dir: Path, trials: int, rng: np.random.Generator) -> dict[str, float]:
+    cfg = model.cfg
+    worst: dict[str, float] = {}
+    for name in ONE_SHOT:
+        spec = GRAPHS[name]
+        assert spec.take_row is not None
+        session = _session(bundle_dir, name)
+        worst[name] = 0.0
+        for _ in range(trials):
+            ids, mask, lengths = random_batch(rng, cfg.vocab_size, cfg.context_length)
+            if ids.shape[1] < spec.min_length:
+                continue
+            got = session.run(None, {"input_ids": ids, "attention_mask": mask})
+            want = _torch(model, name, ids, mask)
+            for row, n in enumerate(lengths):
+                if n < spec.min_length:
+                    continue
+                g, w = spec.take_row(got, row, n), spec.take_row(want, row, n)
+                g, w = (g, w) if isinstance(g, tuple) else ((g,), (w,))
+                # The same text alone, without padding, must give the same answer.
+                alone = spec.take_row(
+                    session.run(None, {"input_ids": ids[row : row + 1, :n], "attention_mask": mask[row : row + 1, :n]}),
+                    0,
+                    n,
+                )
+                alone = alone if isinstance(alone, tuple) else (alone,)
+                for gi, wi, ai in zip(g, w, alone, strict=True):
+                    worst[name] = max(
+                        worst[name],
+                        _check(name, gi, wi, spec.tolerance, "ONNX Runtime vs PyTorch"),
+                        _check(name, ai, gi, spec.tolerance, "a padded row vs the same text alone"),
+                    )
+                if name == "next_token" and g[0].argmax() != w[0].argmax():
+                    raise ParityError(f"{name}: top-1 token differs ({g[0].argmax()} vs {w[0].argmax()})")
+                if name == "attention" and np.any(got[0][row][:, :, :n, n:]):
+                    raise ParityError(f"{name}: padded keys have non-zero weight")
+        log.info("%s parity: worst abs error %.2e (tolerance %.0e)", name, worst[name], spec.tolerance)
+    return worst
+
+
+def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np.random.Generator) -> float:
+    """Greedy decoding with the KV cache in ONNX Runtime against PyTorch recomputing every sequence.
+
+    Each trial starts 1..5 prompts of random lengths together and decodes every row up to the full
+    context; rows leave the batch as they reach it, so the batch mix changes as in the service.
+    Returns the worst log-prob difference.
+    """
+    cfg, tol = model.cfg, GRAPHS["decode"].tolerance
+    prefill, decode = _session(bundle_dir, "prefill"), _session(bundle_dir, "decode")
+    worst = 0.0
+
+    def compare(got: np.ndarray, seqs: list[list[int]], step: int) -> list[int]:
+        """Check ORT's next-token log-probs (B, V) against PyTorch's; returns the greedy tokens."""
+        nonlocal worst
+        (want,) = _torch(model, "next_token", *pad([np.asarray(s) for s in seqs]))
+        worst = max(worst, _check("decode", got, want, tol, f"step {step} log-probs vs recomputation"))
+        chosen = got.argmax(-1)
+        for i, t in enumerate(chosen):
+            top2 = np.sort(want[i])[-2:]
+            if t != want[i].argmax() and top2[1] - top2[0] > tol:  # a tie may go either way
+                raise ParityError(f"decode: step {step} row {i}: greedy token {t} vs {want[i].argmax()}")
+        return [int(t) for t in chosen]
+
+    for trial in range(trials):
+        # The first trial always includes a one-token prompt, so decoding spans the whole context.
+        lengths = [1 if trial == 0 else int(rng.integers(1, cfg.context_length))] + [
+            int(rng.integers(1, cfg.context_length)) for _ in range(int(rng.integers(0, 5)))
+        ]
+        seqs = [rng.integers(0, cfg.vocab_size, n).tolist() for n in lengths]
+        ids, mask = pad([np.asarray(s) for s in seqs])
+        logprobs, keys, values, _ = prefill.run(None, {"input_ids": ids, "attention_mask": mask})
+        caches = [(keys[i, :, :, :n], values[i, :, :, :n]) for i, n in enumerate(lengths)]
+        tokens = compare(logprobs, seqs, 0)
+        step = 0
+        while True:
+            live = [i for i, s in enumerate(seqs) if len(s) < cfg.context_length]
+            if not live:
+                break
+            step += 1
+            past = max(len(seqs[i]) for i in live)
+            past_k = np.zeros((len(live), cfg.n_layer, cfg.n_head, past, cfg.d_head), dtype=np.float32)
+            past_v = np.zeros_like(past_k)
+            past_mask = np.zeros((len(live), past), dtype=np.int64)
+            for b, i in enumerate(live):
+                n = len(seqs[i])
+                past_k[b, :, :, :n], past_v[b, :, :, :n] = caches[i]
+                past_mask[b, :n] = 1
+            feed = {
+                "input_ids": np.asarray([[tokens[i]] for i in live], dtype=np.int64),
+                "positions": np.asarray([len(seqs[i]) for i in live], dtype=np.int64),
+                "past_keys": past_k,
+                "past_values": past_v,
+                "past_mask": past_mask,
+            }
+            logprobs, new_k, new_v, _ = decode.run(None, feed)
+            for b, i in enumerate(live):
+                seqs[i].append(tokens[i])
+                k, v = caches[i]
+                caches[i] = (np.concatenate([k, new_k[b]], 2), np.concatenate([v, new_v[b]], 2))
+            for i, t in zip(live, compare(logprobs, [seqs[i] for i in live], step), strict=True):
+                tokens[i] = t
+    log.info("cached decoding parity: worst abs error %.2e over %d trials (tolerance %.0e)", worst, trials, tol)
+    return worst
 
 
 def verify_bundle(model: AttentionLM, bundle_dir: Path, trials: int = 12, seed: int = 0) -> dict[str, float]:
-    """Compare every graph with PyTorch on random padded batches; returns the worst error per graph."""
+    """Compare every graph with PyTorch; returns the worst error per graph."""
     rng = np.random.default_rng(seed)
-    cfg = model.cfg
-    worst: dict[str, float] = {}
-    for kind, filename in contract.GRAPH_FILES.items():
-        session = ort.InferenceSession(str(bundle_dir / filename), providers=["CPUExecutionProvider"])
-        graph = GRAPHS[kind](model).eval()
-        tol = TOLERANCE[kind]
-        worst[kind] = 0.0
-        for _ in range(trials):
-            ids, mask, lengths = random_batch(rng, cfg.vocab_size, cfg.context_length)
-            if kind == contract.SCORE and ids.shape[1] < 2:
-                continue
-            (got,) = session.run(None, {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask})
-            with torch.no_grad():
-                want = graph(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-            for row, n in enumerate(lengths):
-                if kind == contract.SCORE and n < 2:
-                    continue
-                g, w = real_part(kind, got[row], n), real_part(kind, want[row], n)
-                err = float(np.abs(g - w).max())
-                worst[kind] = max(worst[kind], err)
-                if err > tol:
-                    raise ParityError(f"{kind}: ONNX Runtime differs from PyTorch by {err:.2e} > {tol:.0e}")
-                if kind == contract.NEXT_TOKEN and g.argmax() != w.argmax():
-                    raise ParityError(f"{kind}: top-1 token differs ({g.argmax()} vs {w.argmax()})")
-                if kind == contract.ATTENTION and np.any(got[row][:, :, :n, n:]):
-                    raise ParityError(f"{kind}: padded keys have non-zero weight")
-                # The same text alone, without padding, must give the same answer.
-                (alone,) = session.run(
-                    None, {contract.INPUT_IDS: ids[row : row + 1, :n], contract.ATTENTION_MASK: mask[row : row + 1, :n]}
-                )
-                err = float(np.abs(real_part(kind, alone[0], n) - g).max())
-                worst[kind] = max(worst[kind], err)
-                if err > tol:
-                    raise ParityError(f"{kind}: a padded row differs from the same text alone by {err:.2e}")
-        log.info("%s parity: worst abs error %.2e (tolerance %.0e)", kind, worst[kind], tol)
+    worst = verify_one_shot(model, bundle_dir, trials, rng)
+    worst["generation"] = verify_generation(model, bundle_dir, max(2, trials // 4), rng)
     return worst

@@ -93,11 +93,11 @@ def forward_flops(cfg: dict, batch: int, length: int, kind: str) -> float:
 def engine_bench(bundle_dir: Path) -> dict:
     import torch
 
+    from bundlespec import ONE_SHOT
     from export.bundle import load_torch_model
-    from export.graphs import GRAPHS
-    from service import contract
-    from service.bundle import load_bundle
-    from service.engine import Engine
+    from export.graphs import wrap
+    from service.core.bundle import load_bundle
+    from service.core.engine import Engine
 
     torch.set_num_threads(os.cpu_count() or 1)
     bundle = load_bundle(bundle_dir)
@@ -106,7 +106,7 @@ def engine_bench(bundle_dir: Path) -> dict:
     # The service's own grouping of rows by length, so "the engine" is what the service runs.
     engine = Engine(bundle, device="cpu", max_padding=Settings().batch_max_padding)
     model = load_torch_model(bundle_dir)
-    torch_graphs = {kind: GRAPHS[kind](model).eval() for kind in contract.GRAPH_FILES}
+    torch_next_token = wrap("next_token", model)
     rng = np.random.default_rng(0)
     rows_out = []
     for batch in BATCHES:
@@ -115,16 +115,14 @@ def engine_bench(bundle_dir: Path) -> dict:
             rows = list(ids)
             ids_t, mask_t = torch.from_numpy(ids), torch.ones(batch, length, dtype=torch.long)
             row: dict = {"batch": batch, "length": length}
-            for kind in contract.GRAPH_FILES:
+            for kind in ONE_SHOT:
                 row[f"ort_{kind}_ms"] = median_seconds(lambda k=kind, r=rows: engine.run(k, r)) * 1000
             with torch.inference_mode():
-                row["torch_next_token_ms"] = (
-                    median_seconds(lambda i=ids_t, m=mask_t: torch_graphs["next_token"](i, m)) * 1000
-                )
+                row["torch_next_token_ms"] = median_seconds(lambda i=ids_t, m=mask_t: torch_next_token(i, m)) * 1000
             row["speedup"] = row["torch_next_token_ms"] / row["ort_next_token_ms"]
             row["ort_tokens_per_s"] = batch * length / row["ort_next_token_ms"] * 1000
             row["torch_tokens_per_s"] = batch * length / row["torch_next_token_ms"] * 1000
-            for kind in contract.GRAPH_FILES:
+            for kind in ONE_SHOT:
                 row[f"ort_{kind}_gflops"] = (
                     forward_flops(bundle.config, batch, length, kind) / row[f"ort_{kind}_ms"] / 1e6
                 )
@@ -154,6 +152,105 @@ def engine_bench(bundle_dir: Path) -> dict:
         "config": bundle.config,
         "provider": engine.provider,
     }
+
+
+# -- generation ------------------------------------------------------------------------------------
+
+GEN_STREAMS = (1, 8, 32)
+GEN_TOKENS = 128
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
+def generation_bench(bundle_dir: Path) -> dict:
+    """Streams of GEN_TOKENS tokens, in-process on the service's own core (no HTTP).
+
+    continuous: the service's scheduler (one decode step for every active sequence);
+    one at a time: the same scheduler with MAX_ACTIVE_SEQUENCES=1 (the cache, no batching);
+    recompute: no cache, the next-token graph over each whole sequence at every step, all
+    streams batched together in lock-step (the engine groups them by length as the service does).
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.core.bundle import load_bundle
+    from service.core.engine import Engine
+    from service.core.generation import GenerationParams, Scheduler
+    from service.core.sampling import SamplingParams
+    from service.settings import Settings
+
+    bundle = load_bundle(bundle_dir)
+    engine = Engine(bundle, device="cpu", max_padding=Settings().batch_max_padding)
+    room = bundle.context_length - GEN_TOKENS
+    prompts = [np.asarray(e.ids[-room:], dtype=np.int64) for e in bundle.tokenizer.encode_batch(load_prompts())]
+    params = GenerationParams(max_tokens=GEN_TOKENS, sampling=SamplingParams(temperature=0))
+
+    def summary(n: int, wall: float, ttft: list[float], itl: list[float]) -> dict:
+        return {
+            "streams": n,
+            "tokens_per_s": n * GEN_TOKENS / wall,
+            "ttft_p50_ms": _percentile(ttft, 50),
+            "ttft_p99_ms": _percentile(ttft, 99),
+            "itl_p50_ms": _percentile(itl, 50),
+            "itl_p99_ms": _percentile(itl, 99),
+        }
+
+    async def scheduled(n: int, max_active: int) -> dict:
+        executor = ThreadPoolExecutor(1)
+        sched = Scheduler(engine, executor, bundle.tokenizer, max_active, max_active * bundle.context_length, 1024, 60)
+        sched.start()
+        ttft: list[float] = []
+        itl: list[float] = []
+
+        async def one(stream) -> None:
+            last = stream.submitted
+            async for i, _ in _aenumerate(stream):
+                now = time.perf_counter()
+                (ttft if i == 0 else itl).append(now - last)
+                last = now
+
+        started = time.perf_counter()
+        streams = sched.submit([(prompts[i % len(prompts)], params) for i in range(n)])
+        await asyncio.gather(*(one(s) for s in streams))
+        wall = time.perf_counter() - started
+        await sched.stop(1)
+        executor.shutdown()
+        return summary(n, wall, ttft, itl)
+
+    def recompute(n: int) -> dict:
+        seqs = [list(prompts[i % len(prompts)]) for i in range(n)]
+        steps = []
+        started = time.perf_counter()
+        for _ in range(GEN_TOKENS):
+            t0 = time.perf_counter()
+            out = engine.run("next_token", [np.asarray(s) for s in seqs])
+            for s, lp in zip(seqs, out, strict=True):
+                s.append(int(np.argmax(lp)))
+            steps.append(time.perf_counter() - t0)
+        wall = time.perf_counter() - started
+        return summary(n, wall, [steps[0]] * n, [t for t in steps[1:] for _ in range(n)])
+
+    asyncio.run(scheduled(4, 4))  # warm-up
+    rows = []
+    for n in GEN_STREAMS:
+        for mode, run in (
+            ("continuous batching", lambda n=n: asyncio.run(scheduled(n, 32))),
+            ("one at a time, with the cache", lambda n=n: asyncio.run(scheduled(n, 1))),
+            ("recompute, no cache", lambda n=n: recompute(n)),
+        ):
+            row = {"mode": mode, **run()}
+            log.info("generation %s, %d streams: %.0f tokens/s", mode, n, row["tokens_per_s"])
+            rows.append(row)
+    return {"tokens": GEN_TOKENS, "rows": rows}
+
+
+async def _aenumerate(stream):
+    i = 0
+    async for item in stream:
+        yield i, item
+        i += 1
 
 
 # -- 2. serving -----------------------------------------------------------------------------------
@@ -597,6 +694,8 @@ def report(results: dict, docs: Path, notes: str) -> str:
         f"The HTTP layer alone (bare FastAPI, constant body) peaks at {http_limit:.0f} requests/s here; the "
         f"service reaches {best_service / http_limit:.0%} of it.",
         "",
+        *generation_report(results),
+        *refactor_report(docs),
         "## The load client against wrk",
         "",
         f"On the trivial `GET /healthz` of the constant server, 16 connections: wrk {check['wrk_rps']:.0f} requests/s, "
@@ -608,6 +707,71 @@ def report(results: dict, docs: Path, notes: str) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def generation_report(results: dict) -> list[str]:
+    gen = results.get("generation")
+    if not gen:
+        return []
+    by = {(r["mode"], r["streams"]): r for r in gen["rows"]}
+    one = min(GEN_STREAMS)
+    top = max(GEN_STREAMS)
+    cache_x = (
+        by[("one at a time, with the cache", one)]["tokens_per_s"] / by[("recompute, no cache", one)]["tokens_per_s"]
+    )
+    batch_x = (
+        by[("continuous batching", top)]["tokens_per_s"] / by[("one at a time, with the cache", top)]["tokens_per_s"]
+    )
+    out = [
+        "## 3. Generation: KV cache and continuous batching",
+        "",
+        f"Streams of {gen['tokens']} greedy tokens from prompts of `loadtest/prompts.txt` (cut to leave room), "
+        "in-process on the service's own core, no HTTP. *Continuous batching* is the service's scheduler; "
+        "*one at a time* is the same scheduler with MAX_ACTIVE_SEQUENCES=1; *recompute* has no cache and runs "
+        "the next-token graph over every whole sequence at each step, all streams batched in lock-step (the "
+        "same length grouping as the service). Time to first token (TTFT) counts from submission, so under "
+        "one-at-a-time it includes the wait for earlier streams.",
+        "",
+        f"- the cache vs recomputation, one stream: **{cache_x:.1f}x** tokens/s (target >= 5x: "
+        f"{verdict(cache_x >= 5)})",
+        f"- continuous batching vs one at a time, {top} streams: **{batch_x:.1f}x** tokens/s (target >= 4x: "
+        f"{verdict(batch_x >= 4)})",
+        "",
+        "| mode | streams | tokens/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | inter-token p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in gen["rows"]:
+        out.append(
+            f"| {r['mode']} | {r['streams']} | {r['tokens_per_s']:.0f} | {r['ttft_p50_ms']:.1f} | "
+            f"{r['ttft_p99_ms']:.1f} | {r['itl_p50_ms']:.1f} | {r['itl_p99_ms']:.1f} |"
+        )
+    return [*out, ""]
+
+
+def refactor_report(docs: Path) -> list[str]:
+    """Next-token serving before and after a change, from --next-token-only runs."""
+    runs = [
+        json.loads(f.read_text())
+        for f in (docs / "next_token_before.json", docs / "next_token_after.json")
+        if f.exists()
+    ]
+    if len(runs) < 2:
+        return []
+    before, after = ({p["concurrency"]: p for p in r["points"]} for r in runs)
+    out = [
+        "## Next-token path before and after the protocol-neutral core",
+        "",
+        f"`python -m loadtest.bench --next-token-only before` on {runs[0]['commit']} (before the refactor) and "
+        f"`--next-token-only after` on {runs[1]['commit']}: the service alone, `POST /v1/next-token`, wrk for "
+        f"{runs[1]['seconds']:g} s per point. Raw: `docs/bench/next_token_{{before,after}}.json`.",
+        "",
+        "| clients | before req/s | after req/s | before p99 ms | after p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for c in sorted(after):
+        b, a = before[c], after[c]
+        out.append(f"| {c} | {b['rps']:.0f} | {a['rps']:.0f} | {b['p99_ms']:.1f} | {a['p99_ms']:.1f} |")
+    return [*out, ""]
 
 
 def machine_info() -> dict:
@@ -644,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "bench")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last results.json")
+    p.add_argument("--only", choices=["generation"], help="re-run one section and rewrite the report")
     p.add_argument(
         "--next-token-only",
         metavar="LABEL",
@@ -651,8 +816,16 @@ def main(argv: list[str] | None = None) -> int:
         "(for before/after comparisons of one change)",
     )
     args = p.parse_args(argv)
+    notes_file = Path(__file__).with_name("bench_notes.md")
+    notes = notes_file.read_text() if notes_file.exists() else ""
     if args.next_token_only:
         return next_token_check(args.bundle, args.seconds, args.docs, args.next_token_only)
+    if args.only == "generation":
+        results = json.loads((args.docs / "results.json").read_text())
+        results["generation"] = generation_bench(args.bundle)
+        (args.docs / "results.json").write_text(json.dumps(results, indent=2))
+        args.out.write_text(report(results, args.docs, notes))
+        return 0
     notes_file = Path(__file__).with_name("bench_notes.md")
     notes = notes_file.read_text() if notes_file.exists() else ""
     if args.report_only:
@@ -672,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         results["engine"] = engine_bench(args.bundle)
         results["client_check"] = client_check(5, work)
         results["serving"] = serving_bench(args.bundle, args.seconds, work)
+        results["generation"] = generation_bench(args.bundle)
     results["wall_seconds"] = round(time.monotonic() - started)
     (args.docs / "results.json").write_text(json.dumps(results, indent=2))
     plot_engine(results["engine"], args.docs / "engine.png")

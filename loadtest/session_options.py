@@ -3,7 +3,7 @@
     python -m loadtest.session_options [--bundle bundles/default]
 
 Prints the median latency (ms) of the next-token graph for each graph optimisation level and
-intra-op thread count; service/engine.py's choices come from this measurement.
+intra-op thread count; service/core/engine.py's choices come from this measurement.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.bundle import load_bundle
-from service.engine import session_options
+from service.core.bundle import load_bundle
+from service.core.engine import session_options
 
 LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -40,7 +40,7 @@ def main() -> None:
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     context = manifest["context_length"]
     tokenizer = Tokenizer.from_file(str(args.bundle / "tokenizer.json"))
-    # The service's session options (service/engine.py): all cores to intra-op work, sequential.
+    # The service's session options (service/core/engine.py): all cores to intra-op work, sequential.
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -6,6 +6,7 @@ Shapes: B = batch, T = sequence length, C = d_model, nh = heads, hs = C // nh (d
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,15 @@ def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
     return pe
 
 
+class Attended(NamedTuple):
+    """What one attention layer gives back."""
+
+    out: torch.Tensor  # (B, Tq, C)
+    weights: torch.Tensor | None  # (B, nh, Tq, P + T) when asked for
+    k: torch.Tensor  # (B, nh, T, hs): the keys of this call's own positions (for a KV cache)
+    v: torch.Tensor  # (B, nh, T, hs)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -47,28 +57,31 @@ class CausalSelfAttention(nn.Module):
         allowed: torch.Tensor | None,
         need_weights: bool,
         query_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, C); allowed: (B, 1, Tq, T) bool, True where query may attend to key.
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Attended:
+        """x: (B, T, C); allowed: (B, 1, Tq, P + T) bool, True where query may attend to key.
 
         allowed=None means plain causal attention over a batch with no padding. query_index (B,)
         asks for one query per row, at that position (Tq = 1): keys and values still come from
-        every position. Returns the output (B, Tq, C) and, if asked, the weights (B, nh, Tq, T).
+        every position. past holds keys and values (B, nh, P, hs) of earlier positions (a KV
+        cache); x's own keys and values come after them.
         """
         B, T, C = x.shape
         x_q = x if query_index is None else x.gather(1, query_index.view(B, 1, 1).expand(B, 1, C))  # (B, Tq, C)
         Tq = x_q.size(1)
         q = self.w_q(x_q).view(B, Tq, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, Tq, hs)
-        k = self.w_k(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = self.w_v(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hs)
+        k_own = self.w_k(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hs)
+        v_own = self.w_v(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (k_own, v_own) if past is None else (torch.cat([past[0], k_own], 2), torch.cat([past[1], v_own], 2))
 
         if need_weights:
             # The shipped path: softmax(Q K^T / sqrt(d_k)) with the mask applied before softmax,
             # so masked keys get exactly zero weight.
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)  # (B, nh, Tq, T)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)  # (B, nh, Tq, P + T)
             if allowed is None:
                 allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             scores = scores.masked_fill(~allowed, float("-inf"))
-            weights = torch.softmax(scores, dim=-1)  # (B, nh, Tq, T)
+            weights = torch.softmax(scores, dim=-1)  # (B, nh, Tq, P + T)
             y = self.attn_dropout(weights) @ v  # (B, nh, Tq, hs)
         else:
             # Same math through the fused kernel; used for training, where weights are not read.
@@ -82,7 +95,7 @@ class CausalSelfAttention(nn.Module):
                 is_causal=allowed is None,
             )
         y = y.transpose(1, 2).contiguous().view(B, Tq, C)  # (B, Tq, C): heads side by side
-        return self.resid_dropout(self.w_o(y)), weights
+        return Attended(self.resid_dropout(self.w_o(y)), weights, k_own, v_own)
 
 
 class MLP(nn.Module):
@@ -112,13 +125,14 @@ class Block(nn.Module):
         allowed: torch.Tensor | None,
         need_weights: bool,
         query_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, weights = self.attn(self.ln_attn(x), allowed, need_weights, query_index)
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, Attended]:
+        attended = self.attn(self.ln_attn(x), allowed, need_weights, query_index, past)
         if query_index is not None:
             x = x.gather(1, query_index.view(-1, 1, 1).expand(-1, 1, x.size(-1)))  # (B, 1, C)
-        x = x + a
+        x = x + attended.out
         x = x + self.mlp(self.ln_mlp(x))
-        return x, weights
+        return x, attended
 
 
 class AttentionLM(nn.Module):
@@ -166,9 +180,9 @@ class AttentionLM(nn.Module):
             allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, T, T)
         weights = []
         for block in self.blocks:
-            x, w = block(x, allowed, need_weights)
-            if w is not None:
-                weights.append(w)
+            x, attended = block(x, allowed, need_weights)
+            if attended.weights is not None:
+                weights.append(attended.weights)
         return self.ln_f(x), weights
 
     def last_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -177,15 +191,61 @@ class AttentionLM(nn.Module):
         Same result as hidden_states()[b, last[b]], for less work: the last block needs every
         position's keys and values but only the last position's query, attention output and MLP.
         """
+        return self.prefill(input_ids, attention_mask, need_weights=False)[0]
+
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, need_weights: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Start generation from a right-padded prompt batch (B, T).
+
+        Returns the last real token's hidden state (B, C), every layer's keys and values
+        (B, L, nh, T, hs) for the KV cache, and (if asked) the last real token's attention
+        weights (B, L, nh, T).
+        """
         B, T = input_ids.shape
         x = self.tok_emb(input_ids) * self.emb_scale + self.pos_enc[:T]  # (B, T, C)
         key_ok = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()  # (T, T)
-        for block in self.blocks[:-1]:
-            x, _ = block(x, causal[None, None] & key_ok, need_weights=False)
         last = attention_mask.sum(dim=1) - 1  # (B,): right padding, so every real key precedes it
-        x, _ = self.blocks[-1](x, key_ok, need_weights=False, query_index=last)  # (B, 1, C)
-        return self.ln_f(x[:, 0])
+        keys, values, weights = [], [], []
+        for i, block in enumerate(self.blocks):
+            final = i == len(self.blocks) - 1
+            allowed = key_ok if final else causal[None, None] & key_ok
+            x, attended = block(x, allowed, need_weights, query_index=last if final else None)
+            keys.append(attended.k)
+            values.append(attended.v)
+            if attended.weights is not None:
+                w = attended.weights  # (B, nh, T or 1, T)
+                weights.append(w[:, :, 0] if final else w[torch.arange(B), :, last])  # (B, nh, T)
+        h_last = self.ln_f(x[:, 0])  # (B, C)
+        stacked = torch.stack(weights, dim=1) if need_weights else None  # (B, L, nh, T)
+        return h_last, torch.stack(keys, dim=1), torch.stack(values, dim=1), stacked
+
+    def decode(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        past_keys: torch.Tensor,
+        past_values: torch.Tensor,
+        past_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One generation step: a new token per row, attending to its cached past.
+
+        input_ids (B, 1); positions (B,) the new token's position (the row's length so far);
+        past_keys, past_values (B, L, nh, P, hs); past_mask (B, P), 1 where a cache slot is real.
+        Returns the new hidden state (B, C), the new keys and values (B, L, nh, 1, hs) to append to
+        the cache, and the new token's attention weights (B, L, nh, P + 1): past slots, then itself.
+        """
+        x = self.tok_emb(input_ids) * self.emb_scale + self.pos_enc[positions][:, None]  # (B, 1, C)
+        own = torch.ones_like(past_mask[:, :1])  # (B, 1): a token always sees itself
+        allowed = torch.cat([past_mask, own], dim=1).bool()[:, None, None, :]  # (B, 1, 1, P + 1)
+        keys, values, weights = [], [], []
+        for i, block in enumerate(self.blocks):
+            x, attended = block(x, allowed, need_weights=True, past=(past_keys[:, i], past_values[:, i]))
+            keys.append(attended.k)
+            values.append(attended.v)
+            weights.append(attended.weights[:, :, 0])  # (B, nh, P + 1)
+        return self.ln_f(x[:, 0]), torch.stack(keys, 1), torch.stack(values, 1), torch.stack(weights, 1)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Output layer tied to the token embedding: (..., C) -> (..., vocab)."""

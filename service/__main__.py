@@ -10,9 +10,9 @@ from pydantic import ValidationError
 from starlette.datastructures import State
 
 from service.app import create_app
-from service.bundle import load_bundle
-from service.engine import choose_providers
-from service.errors import BundleError, DeviceError
+from service.core.bundle import load_bundle
+from service.core.engine import choose_providers
+from service.core.errors import BundleError, DeviceError
 from service.settings import Settings
 
 log = logging.getLogger("service")

@@ -1,4 +1,8 @@
-"""The FastAPI application: create_app() plus a lifespan that owns the model and the batchers."""
+"""The FastAPI application: create_app() plus a lifespan that owns the core; the protocols side by side.
+
+The exception handlers here render attnserve's native error shape; the OpenAI routes render their
+own (service.api.openai.routes.OpenAIRoute).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.bundle import Bundle, load_bundle
-from service.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
-from service.inference import InferenceService
+from service.api import ops
+from service.api.native.routes import router as native
+from service.api.openai.routes import router as openai
+from service.api.openai.serving import OpenAIServing
+from service.core.bundle import Bundle, load_bundle
+from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
+from service.core.inference import InferenceCore
 from service.metrics import Metrics
 from service.middleware import RequestContext
 from service.responses import error_response
-from service.routes import health, v1
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,29 +36,31 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = bundle or load_bundle(settings.model_dir)
-        service = InferenceService(loaded, settings, metrics)
-        service.warm_up()
-        service.start()
-        app.state.service = service
+        core = InferenceCore(loaded, settings, metrics)
+        core.warm_up()
+        core.start()
+        app.state.core = core
+        app.state.openai = OpenAIServing(core)
         app.state.ready = True
-        log.info("ready: serving %s on %s", loaded.name, service.engine.provider)
+        log.info("ready: serving %s on %s", loaded.name, core.provider)
         yield
         app.state.ready = False
         app.state.draining = True
-        await service.stop(grace_s=settings.request_timeout_s)
+        await core.stop(grace_s=settings.request_timeout_s)
         log.info("stopped")
 
     app = FastAPI(
         title="attnserve",
-        summary="Next-token prediction and attention weights from a self-attention language model.",
+        summary="Next-token prediction, attention weights and generation from a self-attention language model.",
         version="0.1.0",
         lifespan=lifespan,
     )
     app.state.ready = False
     app.state.draining = False
     app.state.metrics = metrics
-    app.include_router(v1)
-    app.include_router(health)
+    app.include_router(native)
+    app.include_router(openai)
+    app.include_router(ops.router)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes, state=app.state)
 
     @app.exception_handler(RequestValidationError)

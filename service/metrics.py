@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from service.batcher import BatchObserver
+from service.core.batcher import BatchObserver
+from service.core.generation import GenerationObserver
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -42,9 +43,34 @@ class Metrics:
             "attnserve_rejected_rows", "Rows refused because the queue was full", ["endpoint"], registry=r
         )
         self.model_info = Info("attnserve_model", "The model being served", registry=r)
+        self.active_sequences = Gauge(
+            "attnserve_active_sequences", "Sequences generating (in the decode batch)", registry=r
+        )
+        self.waiting_sequences = Gauge(
+            "attnserve_waiting_sequences", "Sequences waiting to start generating", registry=r
+        )
+        self.kv_cache_reserved = Gauge(
+            "attnserve_kv_cache_reserved_tokens", "KV-cache tokens reserved by generating sequences", registry=r
+        )
+        self.generated_tokens = Counter("attnserve_generated_tokens", "Tokens generated", registry=r)
+        self.generation_step = Histogram(
+            "attnserve_generation_step_seconds",
+            "Time of one scheduler step (prefill of new sequences plus one decode step)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "attnserve_time_to_first_token_seconds",
+            "From a sequence's arrival to its first token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def observer(self, endpoint: str) -> BatchObserver:
         return _EndpointObserver(self, endpoint)
+
+    def generation_observer(self) -> GenerationObserver:
+        return _GenerationObserver(self)
 
 
 class _EndpointObserver(BatchObserver):
@@ -62,3 +88,20 @@ class _EndpointObserver(BatchObserver):
         self._inference.observe(inference_s)
         for w in queue_waits:
             self._wait.observe(w)
+
+
+class _GenerationObserver(GenerationObserver):
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def state(self, active: int, waiting: int, reserved_tokens: int) -> None:
+        self._m.active_sequences.set(active)
+        self._m.waiting_sequences.set(waiting)
+        self._m.kv_cache_reserved.set(reserved_tokens)
+
+    def step_done(self, prefilled: int, decoded: int, seconds: float) -> None:
+        self._m.generation_step.observe(seconds)
+        self._m.generated_tokens.inc(prefilled + decoded)
+
+    def first_token(self, seconds: float) -> None:
+        self._m.time_to_first_token.observe(seconds)

@@ -9,12 +9,16 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.openai.errors import error_response as openai_error
+from service.core.errors import DrainingError
 from service.metrics import Metrics
 from service.responses import error_response
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
+# Paths whose errors take OpenAI's shape rather than attnserve's own.
+OPENAI_PATHS = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")
 
 
 class RequestContext:
@@ -56,6 +60,11 @@ class RequestContext:
             await error_response(code, kind, message, headers=headers)(scope, receive, send_with_id)
 
         try:
+            if self.state.draining and path.startswith(OPENAI_PATHS):
+                await openai_error(DrainingError("the server is shutting down; retry on another replica"))(
+                    scope, receive, send_with_id
+                )
+                return
             if self.state.draining and path.startswith("/v1/"):
                 await reply(
                     503, "draining", "the server is shutting down; retry on another replica", {"Retry-After": "1"}

@@ -39,6 +39,18 @@ class Settings(BaseSettings):
         description="Most attention weights in one response (about 10 bytes of JSON each); ask for fewer "
         "layers, heads or inputs beyond it.",
     )
+    max_active_sequences: int = Field(
+        32, ge=1, le=1024, description="Most sequences generating at once (one decode step runs them all)."
+    )
+    kv_cache_tokens: int = Field(
+        0,
+        ge=0,
+        description="KV-cache budget in tokens, shared by the generating sequences (each reserves prompt + "
+        "max_tokens); 0 means MAX_ACTIVE_SEQUENCES x the context length.",
+    )
+    max_waiting_sequences: int = Field(
+        256, ge=1, description="Sequences waiting to start generating before new requests get 503."
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger ones get 413.")
     request_timeout_s: float = Field(30.0, gt=0, description="Longest wait for an answer; then 504.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from model.data import split_text
-from service.bundle import load_bundle
+from service.core.bundle import load_bundle
 from tests.conftest import DEFAULT_BUNDLE
 from tests.model.test_train import CORPUS
 
@@ -25,7 +25,7 @@ def default_server(tmp_path_factory):
 
 def test_default_bundle_loads_and_records_its_training():
     bundle = load_bundle(DEFAULT_BUNDLE)
-    training = bundle.manifest["training"]
+    training = bundle.manifest.training
     assert training["val_nats_per_char"] <= QUALITY_BAR
     assert training["val_nats_per_char"] < training["bigram_val_nats_per_char"]
     assert training["train_seconds"] <= 45 * 60
@@ -64,3 +64,39 @@ def test_full_context_attention_on_the_default_model(default_server):
     assert r.status_code == 200
     result = r.json()["results"][0]
     assert len(result["token_ids"]) == 256 and len(result["attention"][0][0]) == 256
+
+
+def test_cached_decoding_of_the_default_bundle_matches_pytorch_up_to_the_full_context():
+    """The KV-cache graphs against PyTorch recomputing every sequence, from one token to 256."""
+    import numpy as np
+
+    from export.bundle import load_torch_model
+    from export.verify import verify_generation
+
+    worst = verify_generation(load_torch_model(DEFAULT_BUNDLE), DEFAULT_BUNDLE, trials=2, rng=np.random.default_rng(3))
+    assert worst < 1e-4
+
+
+def _gauge(server, name: str) -> float:
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "_total "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_generation(default_server):
+    import time
+
+    before = _gauge(default_server, "attnserve_generated_tokens")
+    body = {"model": "attnserve-shakespeare", "prompt": "ROMEO:", "max_tokens": 250, "stream": True}
+    with httpx.stream("POST", default_server.url + "/v1/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        events = r.iter_lines()
+        assert next(line for line in events if line.startswith("data: "))  # generation has started
+        assert _gauge(default_server, "attnserve_active_sequences") == 1
+    deadline = time.monotonic() + 5
+    while _gauge(default_server, "attnserve_active_sequences") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _gauge(default_server, "attnserve_active_sequences") == 0
+    time.sleep(0.2)
+    assert _gauge(default_server, "attnserve_generated_tokens") - before < 250

@@ -8,10 +8,10 @@ import onnx
 import pytest
 import torch
 
+from bundlespec import GRAPHS, MANIFEST_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from export.verify import ParityError, verify_bundle
-from service import contract
-from service.bundle import load_bundle
-from service.errors import BundleError
+from service.core.bundle import load_bundle
+from service.core.errors import BundleError
 from tests.toy import train_toy
 
 
@@ -22,28 +22,27 @@ def toy():
 
 
 def test_manifest_names_every_file_with_its_hash_and_the_contract(toy_bundle):
-    manifest = json.loads((toy_bundle / contract.MANIFEST_FILE).read_text())
-    assert manifest["inputs"] == list(contract.INPUT_NAMES)
-    assert set(manifest["files"]) == {*contract.GRAPH_FILES.values(), contract.WEIGHTS_FILE, contract.TOKENIZER_FILE}
+    manifest = json.loads((toy_bundle / MANIFEST_FILE).read_text())
+    assert set(manifest["files"]) == {*(g.file for g in GRAPHS.values()), WEIGHTS_FILE, TOKENIZER_FILE}
     assert manifest["opset"] >= 17
-    for kind, filename in contract.GRAPH_FILES.items():
-        graph = onnx.load(str(toy_bundle / filename), load_external_data=False).graph
-        assert [i.name for i in graph.input] == list(contract.INPUT_NAMES)
-        assert [o.name for o in graph.output] == [contract.OUTPUT_NAMES[kind]]
+    for name, spec in GRAPHS.items():
+        graph = onnx.load(str(toy_bundle / spec.file), load_external_data=False).graph
+        assert [i.name for i in graph.input] == spec.input_names == manifest["graphs"][name]["inputs"]
+        assert [o.name for o in graph.output] == spec.output_names == manifest["graphs"][name]["outputs"]
     bundle = load_bundle(toy_bundle)
     assert bundle.vocab_size == bundle.tokenizer.get_vocab_size()
 
 
 def test_graphs_share_one_copy_of_the_weights(toy_bundle):
     n_params = sum(p.numel() for p in train_toy(steps=1)[0].parameters())
-    weights_bytes = (toy_bundle / contract.WEIGHTS_FILE).stat().st_size
-    # Three graphs, each weight once (plus page alignment and the folded transposes of the tied embedding).
+    weights_bytes = (toy_bundle / WEIGHTS_FILE).stat().st_size
+    # Five graphs, each weight once (plus page alignment and the folded transposes of the tied embedding).
     assert weights_bytes < 2 * 4 * n_params + 4096 * 64
 
 
 def test_next_token_graph_has_no_full_vocabulary_logits(toy_bundle):
     """The next-token path picks the last position before the output layer."""
-    graph = onnx.load(str(toy_bundle / contract.GRAPH_FILES[contract.NEXT_TOKEN]), load_external_data=False).graph
+    graph = onnx.load(str(toy_bundle / GRAPHS["next_token"].file), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
     gather_at = max(i for i, op in enumerate(ops) if op == "GatherElements")
     vocab_matmuls = [i for i, n in enumerate(graph.node) if n.op_type in ("MatMul", "Gemm") and i > gather_at]
@@ -77,9 +76,9 @@ def test_verification_catches_a_model_that_does_not_match(toy, tmp_path):
 def test_loading_refuses_a_corrupt_file(toy_bundle, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(toy_bundle, copy)
-    data = bytearray((copy / contract.WEIGHTS_FILE).read_bytes())
+    data = bytearray((copy / WEIGHTS_FILE).read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (copy / contract.WEIGHTS_FILE).write_bytes(bytes(data))
+    (copy / WEIGHTS_FILE).write_bytes(bytes(data))
     with pytest.raises(BundleError, match="corrupt"):
         load_bundle(copy)
 
@@ -87,7 +86,7 @@ def test_loading_refuses_a_corrupt_file(toy_bundle, tmp_path):
 def test_loading_refuses_a_missing_file_or_manifest(toy_bundle, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(toy_bundle, copy)
-    (copy / contract.TOKENIZER_FILE).unlink()
+    (copy / TOKENIZER_FILE).unlink()
     with pytest.raises(BundleError, match="missing"):
         load_bundle(copy)
     with pytest.raises(BundleError, match="manifest"):
@@ -97,10 +96,43 @@ def test_loading_refuses_a_missing_file_or_manifest(toy_bundle, tmp_path):
 def test_attention_graph_output_is_exact_softmax(toy_bundle):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(toy_bundle / contract.GRAPH_FILES[contract.ATTENTION]))
+    session = ort.InferenceSession(str(toy_bundle / GRAPHS["attention"].file))
     ids = np.array([[5, 6, 7, 8, 0, 0]], dtype=np.int64)
     mask = np.array([[1, 1, 1, 1, 0, 0]], dtype=np.int64)
-    (w,) = session.run(None, {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask})
+    (w,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
     assert w.shape[:3] == (1, 2, 4) and w.shape[3:] == (6, 6)
     np.testing.assert_allclose(w[0, :, :, :4, :4].sum(-1), 1.0, atol=1e-6)
     assert not w[0, :, :, :, 4:].any()
+
+
+def test_an_old_format_bundle_is_refused_with_how_to_rebuild_it(toy_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(toy_bundle, copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "format": 1}))
+    with pytest.raises(BundleError, match="python -m export --from-bundle"):
+        load_bundle(copy)
+
+
+def test_a_bundle_is_rebuilt_from_its_own_weights(toy_bundle, tmp_path):
+    """python -m export --from-bundle: the upgrade path for bundles of an older format."""
+    from export.__main__ import main
+
+    assert main(["--from-bundle", str(toy_bundle), "--out", str(tmp_path / "re")]) == 0
+    rebuilt = load_bundle(tmp_path / "re")
+    assert rebuilt.name == "toy" and rebuilt.manifest.training == load_bundle(toy_bundle).manifest.training
+    assert (tmp_path / "re" / WEIGHTS_FILE).read_bytes() == (toy_bundle / WEIGHTS_FILE).read_bytes()
+
+
+def test_verification_catches_a_decode_graph_that_ignores_the_cache(toy, tmp_path):
+    """Cached decoding is checked on its own: swap in a decode graph from another model."""
+    from export.bundle import write_bundle
+    from export.verify import verify_generation
+
+    model, tokenizer = toy
+    write_bundle(model, tokenizer.to_str(), {}, tmp_path / "b", name="t", version="1")
+    verify_generation(model, tmp_path / "b", trials=1, rng=np.random.default_rng(0))
+    with torch.no_grad():
+        model.blocks[-1].attn.w_v.weight.mul_(1.5)  # changes what cached values mean
+    with pytest.raises(ParityError, match="decode"):
+        verify_generation(model, tmp_path / "b", trials=1, rng=np.random.default_rng(0))

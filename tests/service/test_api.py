@@ -33,7 +33,7 @@ def test_next_token_predicts_the_lectures_example(client):
 
 
 def test_next_token_over_the_whole_vocabulary_sums_to_one_and_temperature_sharpens(client):
-    vocab = client.get("/v1/models").json()["models"][0]["vocab_size"]
+    vocab = client.get("/v1/models").json()["data"][0]["vocab_size"]
     full = post(client, "/v1/next-token", {"texts": ["I do"], "top_k": vocab})["results"][0]["top"]
     assert len(full) == vocab and len({t["token_id"] for t in full}) == vocab
     assert math.isclose(sum(t["prob"] for t in full), 1.0, rel_tol=1e-6)
@@ -51,7 +51,7 @@ def test_token_ids_and_texts_give_the_same_answer(client):
 def test_attention_is_aligned_to_tokens_and_is_a_causal_softmax(client):
     text = "I do not like hate."
     out = post(client, "/v1/attention", {"texts": [text]})["results"][0]
-    info = client.get("/v1/models").json()["models"][0]
+    info = client.get("/v1/models").json()["data"][0]
     n = len(out["token_ids"])
     assert "".join(out["tokens"]) == text and len(out["tokens"]) == n
     assert out["layers"] == list(range(info["n_layer"])) and out["heads"] == list(range(info["n_head"]))
@@ -70,7 +70,7 @@ def test_score_matches_next_token_probabilities(client):
     assert math.isclose(out["total_logprob"], sum(out["logprobs"][1:]), rel_tol=1e-6)
     # log p(token 3 | tokens 0..2) from the score path equals the next-token path's answer.
     ids = out["token_ids"]
-    vocab = client.get("/v1/models").json()["models"][0]["vocab_size"]
+    vocab = client.get("/v1/models").json()["data"][0]["vocab_size"]
     nxt = post(client, "/v1/next-token", {"token_ids": [ids[:3]], "top_k": vocab})["results"][0]["top"]
     by_id = {t["token_id"]: t["logprob"] for t in nxt}
     assert math.isclose(by_id[ids[3]], out["logprobs"][3], abs_tol=1e-4)
@@ -106,8 +106,8 @@ def test_answers_do_not_depend_on_what_they_were_batched_with(toy_server, client
 
 
 def test_models_health_readiness_and_metrics(client):
-    info = client.get("/v1/models").json()["models"][0]
-    assert info["name"] == "toy" and info["provider"] == "CPUExecutionProvider"
+    info = client.get("/v1/models").json()["data"][0]
+    assert info["id"] == "toy" and info["object"] == "model" and info["provider"] == "CPUExecutionProvider"
     assert info["batching"]["max_batch_size"] == 32 and info["val_nats_per_char"] == 0.5
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.batcher import DynamicBatcher
-from service.errors import DrainingError, QueueFullError
+from service.core.batcher import DynamicBatcher
+from service.core.errors import DrainingError, QueueFullError
 
 
 class Recorder:

@@ -20,7 +20,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import DrainingError, QueueFullError
+from service.core.errors import DrainingError, QueueFullError
 
 log = logging.getLogger(__name__)
 

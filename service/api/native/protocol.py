@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API, with the examples shown at /docs."""
+"""attnserve's own request and response bodies (the wire shapes), with the examples shown at /docs."""
 
 from __future__ import annotations
 
@@ -110,29 +110,6 @@ class ScoreResult(BaseModel):
 class ScoreResponse(BaseModel):
     model: str
     results: list[ScoreResult]
-
-
-class BatchingInfo(BaseModel):
-    max_batch_size: int
-    max_batch_delay_ms: float
-    max_queue_rows: int
-
-
-class ModelInfo(BaseModel):
-    name: str
-    version: str
-    vocab_size: int
-    context_length: int
-    n_layer: int
-    n_head: int
-    d_model: int
-    provider: str = Field(description="The ONNX Runtime execution provider actually in use.")
-    batching: BatchingInfo
-    val_nats_per_char: float | None = Field(description="Validation loss of the bundle, nats per character.")
-
-
-class ModelsResponse(BaseModel):
-    models: list[ModelInfo]
 
 
 class ErrorBody(BaseModel):

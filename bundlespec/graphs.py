@@ -1,0 +1,144 @@
+"""Every graph of a bundle, by name: its file, inputs, outputs, axes, row slicing and parity tolerance.
+
+Axis names that appear in DYNAMIC vary per call; the others are fixed by the model's dimensions
+(vocab, layers, heads, d_head) or are literal sizes. Batches are right padded; attention_mask and
+past_mask are 1 for real tokens and 0 for padding.
+
+One-shot graphs (one call answers a request):
+    next_token   input_ids, attention_mask [batch, seq] -> next_token_logprobs [batch, vocab]
+                 log-probabilities after each row's last real token
+    attention    -> attention_weights [batch, layers, heads, seq, seq]
+                 softmax weights, zero above the diagonal and on padded keys
+    score        -> token_logprobs [batch, seq-1]: log p(token t+1 | tokens <= t), plus the
+                 TOP_LOGPROBS most likely tokens at each position (top_logprobs, top_token_ids)
+Generation graphs (a KV cache carried between calls):
+    prefill      input_ids, attention_mask [batch, seq] -> next_token_logprobs [batch, vocab],
+                 keys, values [batch, layers, heads, seq, d_head] (every prompt position),
+                 last_attention [batch, layers, heads, seq] (the last real token's weights)
+    decode       input_ids [batch, 1], positions [batch] (each row's length so far),
+                 past_keys, past_values [batch, layers, heads, past, d_head], past_mask [batch, past]
+                 -> next_token_logprobs [batch, vocab], new_keys, new_values [batch, layers, heads,
+                 1, d_head] (the cache's growth: the caller appends them after the row's past),
+                 step_attention [batch, layers, heads, past+1] (the new token over past, then itself)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+BATCH, SEQ, SEQ_MINUS_1, PAST, PAST_PLUS_1 = "batch", "seq", "seq_minus_1", "past", "past_plus_1"
+DYNAMIC = frozenset({BATCH, SEQ, SEQ_MINUS_1, PAST, PAST_PLUS_1})
+# How many alternatives the score graph returns per position (OpenAI's echo with logprobs).
+TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # "int64" or "float32"
+    axes: tuple[str | int, ...]
+
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: a for i, a in enumerate(self.axes) if isinstance(a, str) and a in DYNAMIC}
+
+
+# A row's share of a one-shot graph's outputs: (outputs, row index, real length) -> that row's arrays.
+RowSlice = Callable[[list[Any], int, int], Any]
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    tolerance: float  # largest absolute difference from PyTorch accepted at export
+    take_row: RowSlice | None = None  # one-shot graphs only
+    min_length: int = 1  # shortest row the graph answers for (score needs two tokens)
+    file: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file", f"{self.name}.onnx")
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def _i64(name: str, *axes: str | int) -> TensorSpec:
+    return TensorSpec(name, "int64", axes)
+
+
+def _f32(name: str, *axes: str | int) -> TensorSpec:
+    return TensorSpec(name, "float32", axes)
+
+
+PROMPT_INPUTS = (_i64("input_ids", BATCH, SEQ), _i64("attention_mask", BATCH, SEQ))
+CACHE_AXES = (BATCH, "layers", "heads", SEQ, "d_head")
+
+GRAPHS: dict[str, GraphSpec] = {
+    g.name: g
+    for g in (
+        GraphSpec(
+            "next_token",
+            PROMPT_INPUTS,
+            (_f32("next_token_logprobs", BATCH, "vocab"),),
+            tolerance=1e-4,
+            take_row=lambda out, i, n: out[0][i],  # (V,)
+        ),
+        GraphSpec(
+            "attention",
+            PROMPT_INPUTS,
+            (_f32("attention_weights", BATCH, "layers", "heads", SEQ, SEQ),),
+            tolerance=1e-5,
+            take_row=lambda out, i, n: out[0][i, :, :, :n, :n],  # (L, nh, n, n)
+        ),
+        GraphSpec(
+            "score",
+            PROMPT_INPUTS,
+            (
+                _f32("token_logprobs", BATCH, SEQ_MINUS_1),
+                _f32("top_logprobs", BATCH, SEQ_MINUS_1, TOP_LOGPROBS),
+                _i64("top_token_ids", BATCH, SEQ_MINUS_1, TOP_LOGPROBS),
+            ),
+            tolerance=1e-4,
+            take_row=lambda out, i, n: tuple(o[i, : n - 1] for o in out),  # (n-1,), (n-1, K), (n-1, K)
+            min_length=2,
+        ),
+        GraphSpec(
+            "prefill",
+            PROMPT_INPUTS,
+            (
+                _f32("next_token_logprobs", BATCH, "vocab"),
+                _f32("keys", *CACHE_AXES),
+                _f32("values", *CACHE_AXES),
+                _f32("last_attention", BATCH, "layers", "heads", SEQ),
+            ),
+            tolerance=1e-4,
+        ),
+        GraphSpec(
+            "decode",
+            (
+                _i64("input_ids", BATCH, 1),
+                _i64("positions", BATCH),
+                _f32("past_keys", BATCH, "layers", "heads", PAST, "d_head"),
+                _f32("past_values", BATCH, "layers", "heads", PAST, "d_head"),
+                _i64("past_mask", BATCH, PAST),
+            ),
+            (
+                _f32("next_token_logprobs", BATCH, "vocab"),
+                _f32("new_keys", BATCH, "layers", "heads", 1, "d_head"),
+                _f32("new_values", BATCH, "layers", "heads", 1, "d_head"),
+                _f32("step_attention", BATCH, "layers", "heads", PAST_PLUS_1),
+            ),
+            tolerance=1e-4,
+        ),
+    )
+}
+# The graphs that answer a request in one call, each behind its own dynamic batcher.
+ONE_SHOT = tuple(name for name, g in GRAPHS.items() if g.take_row is not None)

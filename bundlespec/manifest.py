@@ -1,0 +1,90 @@
+"""The manifest: one typed model of what a bundle holds, written by export and read by the service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# 2: prefill and decode graphs (KV cache), top-k alternatives from score, a typed manifest.
+BUNDLE_FORMAT = 2
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "weights.bin"
+TOKENIZER_FILE = "tokenizer.json"
+REBUILD_HINT = "rebuild it with: python -m export --from-bundle {path} --out {path}"
+
+
+class BundleFormatError(ValueError):
+    """The manifest is missing, unreadable, of another format, or does not match this contract."""
+
+
+class Architecture(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vocab_size: int = Field(gt=0)
+    n_layer: int = Field(gt=0)
+    n_head: int = Field(gt=0)
+    d_model: int = Field(gt=0)
+    context_length: int = Field(gt=0)
+    dropout: float = 0.0
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_head
+
+
+class GraphEntry(BaseModel):
+    file: str
+    inputs: list[str]
+    outputs: list[str]
+
+
+class WeightLocation(BaseModel):
+    """Where one PyTorch parameter lies in weights.bin (the exporter may have stored it transposed)."""
+
+    offset: int
+    shape: list[int]
+    transposed: bool
+
+
+class Manifest(BaseModel):
+    format: int
+    name: str
+    version: str
+    created: str
+    git_commit: str
+    architecture: Architecture
+    opset: int
+    graphs: dict[str, GraphEntry]
+    files: dict[str, str] = Field(description="file name -> sha256")
+    torch_weights: dict[str, WeightLocation]
+    training: dict[str, Any] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.architecture.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.architecture.context_length
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Parse and check a bundle's manifest; an older format gets a message that says how to rebuild."""
+    path = bundle_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleFormatError(f"no {MANIFEST_FILE} in {bundle_dir}: not a model bundle")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleFormatError(f"{path} is not valid JSON: {e}") from e
+    found = raw.get("format") if isinstance(raw, dict) else None
+    if found != BUNDLE_FORMAT:
+        hint = REBUILD_HINT.format(path=bundle_dir) if isinstance(found, int) and found < BUNDLE_FORMAT else ""
+        raise BundleFormatError(f"{path}: bundle format {found!r}, this version reads format {BUNDLE_FORMAT}; {hint}")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        raise BundleFormatError(f"{path} does not match the manifest schema: {e}") from e

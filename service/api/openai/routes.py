@@ -1,0 +1,105 @@
+"""The OpenAI-compatible routes. Errors are rendered in OpenAI's shape by the router's own route class."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
+
+from service.api.deps import Core, get_openai
+from service.api.openai.errors import error_response
+from service.api.openai.protocol import (
+    Completion,
+    CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenizerInfo,
+)
+from service.api.openai.serving import OpenAIServing
+
+
+class OpenAIRoute(APIRoute):
+    """Catches everything a handler raises, request validation included, and answers in OpenAI's shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as e:
+                return error_response(e)
+
+        return handle
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request; the message says what was wrong"},
+    404: {"model": ErrorResponse, "description": "Unknown model"},
+    503: {"model": ErrorResponse, "description": "Overloaded or draining; see Retry-After"},
+    504: {"model": ErrorResponse, "description": "No token within REQUEST_TIMEOUT_S"},
+}
+
+router = APIRouter(tags=["openai"], route_class=OpenAIRoute, responses=ERRORS)
+OpenAI = Annotated[OpenAIServing, Depends(get_openai)]
+
+
+@router.post("/v1/completions", response_model=Completion)
+async def completions(body: CompletionRequest, s: OpenAI) -> Response:
+    """Continue each prompt (OpenAI's completions API); `stream: true` answers with server-sent events."""
+    s.check_model(body.model)
+    rows = s.prompts(body)
+    if body.stream:
+        # Queued before the response starts, so that a full queue is still a 503 and not a broken stream.
+        choices, streams = s.start(body, rows)
+        return StreamingResponse(s.stream(body, rows, choices, streams), media_type="text/event-stream")
+    completion = await s.complete(body, rows)
+    return Response(completion.model_dump_json(), media_type="application/json")
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def models(s: OpenAI) -> ModelList:
+    """The model being served, in OpenAI's list shape, with its facts and batching settings."""
+    return ModelList(data=[s.model_card()])
+
+
+@router.get("/v1/models/{model}", response_model=ModelCard)
+async def model(model: str, s: OpenAI) -> ModelCard:
+    """One model, by name; 404 for any other name."""
+    s.check_model(model)
+    return s.model_card()
+
+
+@router.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(body: TokenizeRequest, core: Core, s: OpenAI) -> TokenizeResponse:
+    """Text to token ids (the shape evaluation harnesses' remote tokenizers call)."""
+    s.check_model(body.model)
+    (ids,) = core.encode([body.prompt])
+    strs = [core.token_text[t] for t in ids] if body.return_token_strs else None
+    return TokenizeResponse(count=len(ids), max_model_len=core.bundle.context_length, tokens=ids, token_strs=strs)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(body: DetokenizeRequest, core: Core, s: OpenAI) -> DetokenizeResponse:
+    """Token ids to text."""
+    s.check_model(body.model)
+    core.check_ids([body.tokens], "tokens")
+    return DetokenizeResponse(prompt=core.decode(body.tokens))
+
+
+@router.get("/tokenizer_info", response_model=TokenizerInfo)
+async def tokenizer_info(core: Core) -> TokenizerInfo:
+    """The tokenizer's facts: byte-level BPE with no special tokens."""
+    return TokenizerInfo(
+        tokenizer_class="ByteLevelBPETokenizer",
+        model_max_length=core.bundle.context_length,
+        vocab_size=core.bundle.vocab_size,
+    )

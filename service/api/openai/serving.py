@@ -1,0 +1,320 @@
+"""From OpenAI completion requests to generation on the core, and back to OpenAI's shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import orjson
+
+from service.api.openai.errors import ModelNotFoundError, error_body
+from service.api.openai.protocol import (
+    Choice,
+    Completion,
+    CompletionRequest,
+    Logprobs,
+    ModelCard,
+    Usage,
+)
+from service.core.errors import InputError
+from service.core.generation import GenerationParams, GenerationStream, Step
+from service.core.inference import InferenceCore, Row
+from service.core.sampling import SamplingParams
+
+
+@dataclass
+class ChoiceState:
+    """What one choice has produced so far."""
+
+    index: int
+    prompt: Row
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class OpenAIServing:
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+        created = core.bundle.manifest.created
+        self.created = int(dt.datetime.fromisoformat(created).timestamp())
+
+    def model_card(self) -> ModelCard:
+        core, arch, s = self.core, self.core.bundle.arch, self.core.settings
+        return ModelCard(
+            id=core.name,
+            created=self.created,
+            owned_by="attnserve",
+            version=core.bundle.version,
+            vocab_size=arch.vocab_size,
+            context_length=arch.context_length,
+            max_model_len=arch.context_length,
+            n_layer=arch.n_layer,
+            n_head=arch.n_head,
+            d_model=arch.d_model,
+            provider=core.provider,
+            batching={
+                "max_batch_size": s.max_batch_size,
+                "max_batch_delay_ms": s.max_batch_delay_ms,
+                "max_queue_rows": s.max_queue_rows,
+            },
+            generation={
+                "max_active_sequences": s.max_active_sequences,
+                "kv_cache_tokens": core.scheduler.kv_cache_tokens,
+                "max_waiting_sequences": s.max_waiting_sequences,
+            },
+            val_nats_per_char=core.bundle.manifest.training.get("val_nats_per_char"),
+        )
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.core.name:
+            raise ModelNotFoundError(f"the model {name!r} does not exist; this server serves {self.core.name!r}")
+
+    def prompts(self, req: CompletionRequest) -> list[Row]:
+        p = req.prompt
+        if isinstance(p, str):
+            encoded = self.core.encode([p])
+        elif p and all(isinstance(x, str) for x in p):
+            encoded = self.core.encode(p)  # type: ignore[arg-type]
+        elif p and all(isinstance(x, int) for x in p):
+            encoded = [p]  # type: ignore[list-item]
+            self.core.check_ids(encoded, "prompt")
+        else:
+            encoded = p  # type: ignore[assignment]
+            self.core.check_ids(encoded, "prompt")
+        if not encoded or any(len(ids) == 0 for ids in encoded):
+            raise InputError("prompt must not be empty (the model has no start-of-text token to begin from)")
+        return self.core.rows(encoded)
+
+    def start(self, req: CompletionRequest, rows: list[Row]) -> tuple[list[ChoiceState], list[GenerationStream]]:
+        """Queue every choice's generation; raises at once when they do not fit."""
+        choices = [ChoiceState(i * req.n + j, row) for i, row in enumerate(rows) for j in range(req.n)]
+        if req.max_tokens == 0:
+            for c in choices:
+                c.finish_reason = "length"
+            return choices, []
+        sampling = SamplingParams(req.temperature, req.top_p, max(req.top_k, 0))
+        params = [
+            GenerationParams(
+                max_tokens=req.max_tokens,
+                sampling=sampling,
+                # One generator per choice: choice j of a prompt gets the same text whatever else runs.
+                seed=None if req.seed is None else (req.seed, c.index % req.n),
+                stop=req.stop_strings,
+                top_logprobs=req.logprobs or 0,
+            )
+            for c in choices
+        ]
+        return choices, self.core.generate([(c.prompt, p) for c, p in zip(choices, params, strict=True)])
+
+    # -- logprobs ----------------------------------------------------------------------------------
+
+    async def prompt_logprobs(self, req: CompletionRequest, rows: list[Row]) -> list[Logprobs | None]:
+        """echo with logprobs: the prompt's token log-probs, the first null (as /v1/score gives them)."""
+        if not (req.echo and req.logprobs is not None):
+            return [None] * len(rows)
+        scores = await self.core.score(rows)
+        out: list[Logprobs | None] = []
+        for s in scores:
+            ids = s.row.ids.tolist()
+            top: list[dict[str, float] | None] = [None]
+            for pos in range(len(ids) - 1):
+                top.append(
+                    self._top_dict(
+                        list(
+                            zip(
+                                s.top_ids[pos, : req.logprobs].tolist(),
+                                s.top_logprobs[pos, : req.logprobs].tolist(),
+                                strict=True,
+                            )
+                        )
+                    )
+                )
+            out.append(
+                Logprobs(
+                    tokens=[self.core.token_text[t] for t in ids],
+                    token_logprobs=[None, *s.logprobs.tolist()],
+                    top_logprobs=top,
+                    text_offset=self._offsets(ids, 0),
+                )
+            )
+        return out
+
+    def _top_dict(self, pairs: list[tuple[int, float]]) -> dict[str, float]:
+        top: dict[str, float] = {}
+        for t, lp in pairs:
+            top.setdefault(self.core.token_text[t], lp)  # two ids can read the same: keep the likelier
+        return top
+
+    def _offsets(self, ids: list[int], start: int) -> list[int]:
+        """Where each token's text starts, counted in characters of the decoded text."""
+        return [start + len(self.core.decode(ids[:k])) for k in range(len(ids))]
+
+    def completion_logprobs(self, c: ChoiceState, start: int, echo: Logprobs | None) -> Logprobs:
+        ids = c.token_ids
+        offsets = self._offsets(ids, start)
+        if c.finish_reason == "stop":  # tokens that lie wholly in the cut-off stop string are left out
+            keep = sum(1 for o in offsets if o < start + len(c.text)) or min(1, len(ids))
+            ids, offsets = ids[:keep], offsets[:keep]
+        generated = Logprobs(
+            tokens=[self.core.token_text[t] for t in ids],
+            token_logprobs=list(c.logprobs[: len(ids)]),
+            top_logprobs=[self._top_dict(t) for t in c.top[: len(ids)]],
+            text_offset=offsets,
+        )
+        if echo is None:
+            return generated
+        return Logprobs(
+            tokens=echo.tokens + generated.tokens,
+            token_logprobs=echo.token_logprobs + generated.token_logprobs,
+            top_logprobs=(echo.top_logprobs or []) + (generated.top_logprobs or []),
+            text_offset=echo.text_offset + generated.text_offset,
+        )
+
+    # -- answers -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _record(c: ChoiceState, step: Step) -> None:
+        c.text += step.text
+        c.token_ids.append(step.token_id)
+        c.logprobs.append(step.logprob)
+        c.top.append(step.top)
+        c.finish_reason = step.finish_reason
+
+    async def complete(self, req: CompletionRequest, rows: list[Row]) -> Completion:
+        echoes = await self.prompt_logprobs(req, rows)
+        choices, streams = self.start(req, rows)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for c, stream in zip(choices, streams, strict=False):
+                    tg.create_task(self._drain(c, stream))
+        except* Exception as group:
+            raise group.exceptions[0] from None
+        finally:
+            for s in streams:
+                s.cancel()
+        out = []
+        for c in choices:
+            prompt_text = self.core.decode(c.prompt.ids.tolist()) if req.echo else ""
+            echo = echoes[c.index // req.n]
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = self.completion_logprobs(c, len(prompt_text), echo)
+            out.append(
+                Choice(index=c.index, text=prompt_text + c.text, logprobs=logprobs, finish_reason=c.finish_reason)
+            )
+        return Completion(
+            id=_completion_id(),
+            created=int(time.time()),
+            model=self.core.name,
+            choices=out,
+            usage=self._usage(rows, choices),
+        )
+
+    async def _drain(self, c: ChoiceState, stream: GenerationStream) -> None:
+        async for step in stream:
+            self._record(c, step)
+
+    @staticmethod
+    def _usage(rows: list[Row], choices: list[ChoiceState]) -> Usage:
+        prompt = sum(len(r.ids) for r in rows)
+        completion = sum(len(c.token_ids) for c in choices)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    async def stream(
+        self, req: CompletionRequest, rows: list[Row], choices: list[ChoiceState], streams: list[GenerationStream]
+    ) -> AsyncIterator[bytes]:
+        """Server-sent events: one chunk per token and choice, then [DONE].
+
+        An error after the first chunk cannot change the status code any more, so it goes out as
+        an event carrying an error object, and the stream ends.
+        """
+        cid, created = _completion_id(), int(time.time())
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def chunk(choices_: list[dict], usage: Usage | None = None) -> bytes:
+            body: dict = {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": self.core.name,
+                "choices": choices_,
+            }
+            if include_usage:
+                body["usage"] = usage.model_dump() if usage else None
+            return b"data: " + orjson.dumps(body) + b"\n\n"
+
+        queue: asyncio.Queue[tuple[ChoiceState, Step] | BaseException | None] = asyncio.Queue()
+
+        async def pump(c: ChoiceState, s: GenerationStream) -> None:
+            try:
+                async for step in s:
+                    queue.put_nowait((c, step))
+            except Exception as e:
+                queue.put_nowait(e)
+            finally:
+                queue.put_nowait(None)
+
+        tasks = [asyncio.create_task(pump(c, s)) for c, s in zip(choices, streams, strict=False)]
+        try:
+            echoes = await self.prompt_logprobs(req, rows)
+            if req.echo:
+                for c in choices:
+                    echo = echoes[c.index // req.n]
+                    yield chunk(
+                        [
+                            {
+                                "index": c.index,
+                                "text": self.core.decode(c.prompt.ids.tolist()),
+                                "logprobs": echo.model_dump() if echo else None,
+                                "finish_reason": None,
+                            }
+                        ]
+                    )
+            for c in choices if not streams else []:  # max_tokens 0: nothing to generate
+                yield chunk([{"index": c.index, "text": "", "logprobs": None, "finish_reason": c.finish_reason}])
+            running = len(tasks)
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                c, step = item
+                self._record(c, step)
+                logprobs = None
+                if req.logprobs is not None:
+                    offset = len(c.text) - len(step.text)
+                    logprobs = {
+                        "tokens": [self.core.token_text[step.token_id]],
+                        "token_logprobs": [step.logprob],
+                        "top_logprobs": [self._top_dict(step.top)],
+                        "text_offset": [offset],
+                    }
+                yield chunk(
+                    [{"index": c.index, "text": step.text, "logprobs": logprobs, "finish_reason": step.finish_reason}]
+                )
+            if include_usage:
+                yield chunk([], self._usage(rows, choices))
+            yield b"data: [DONE]\n\n"
+        except Exception as e:
+            yield b"data: " + orjson.dumps(error_body(e)[1]) + b"\n\n"
+        finally:
+            for s in streams:
+                s.cancel()
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex}"

@@ -1,0 +1,35 @@
+"""Operations routes: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.native.protocol import ErrorResponse
+from service.responses import error_response
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"model": ErrorResponse, "description": "Starting or draining"}})
+async def readyz(request: Request) -> Response:
+    """Readiness: 200 once the model is loaded and warmed up, 503 while starting or draining."""
+    state = request.app.state
+    if state.draining:
+        return error_response(503, "draining", "shutting down")
+    if not state.ready:
+        return error_response(503, "starting", "model not loaded yet")
+    return Response(orjson.dumps({"status": "ready"}), media_type="application/json")
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,69 @@
+"""Open a model bundle and check it before anything is served from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from bundlespec import GRAPHS, TOKENIZER_FILE, BundleFormatError, Manifest, read_manifest, sha256_file
+from bundlespec.manifest import Architecture
+from service.core.errors import BundleError
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+    tokenizer: Tokenizer
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.manifest.context_length
+
+    @property
+    def arch(self) -> Architecture:
+        return self.manifest.architecture
+
+    def graph_path(self, name: str) -> Path:
+        return self.path / self.manifest.graphs[name].file
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Read the manifest, check every file's sha256 and every graph's names; raise BundleError if off."""
+    try:
+        manifest = read_manifest(path)
+    except BundleFormatError as e:
+        raise BundleError(f"{e} (MODEL_DIR must point at a model bundle)") from e
+    for name, spec in GRAPHS.items():
+        entry = manifest.graphs.get(name)
+        if entry is None or (entry.inputs, entry.outputs) != (spec.input_names, spec.output_names):
+            raise BundleError(f"{path}: graph {name!r} is missing or its inputs/outputs do not match the contract")
+    for name, want in manifest.files.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"bundle file missing: {file}")
+        if sha256_file(file) != want:
+            raise BundleError(f"bundle file corrupt: {file} does not match the sha256 in the manifest")
+    needed = {g.file for g in manifest.graphs.values()} | {TOKENIZER_FILE}
+    if not needed <= set(manifest.files):
+        raise BundleError(f"{path}: files {sorted(needed - set(manifest.files))} are not listed with a sha256")
+    tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))
+    if tokenizer.get_vocab_size() != manifest.vocab_size:
+        raise BundleError(
+            f"tokenizer has {tokenizer.get_vocab_size()} tokens but the manifest says {manifest.vocab_size}"
+        )
+    return Bundle(path=path, manifest=manifest, tokenizer=tokenizer)

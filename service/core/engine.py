@@ -1,0 +1,195 @@
+"""ONNX Runtime sessions for the bundle's graphs: padded one-shot batches, prefill and decode steps."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from bundlespec import GRAPHS
+from service.core.bundle import Bundle
+from service.core.errors import BundleError, DeviceError
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def gpu_present() -> bool:
+    """True when the CUDA driver loads and sees at least one device.
+
+    Asked before ONNX Runtime is, because its own CUDA probe on a machine without a GPU fills the
+    log with library-loading errors before falling back to the CPU.
+    """
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return libcuda.cuInit(0) == 0 and libcuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
+def choose_providers(device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    cuda_ok = CUDA in available and gpu_present()
+    if device == "cuda" and not cuda_ok:
+        why = "no GPU is visible" if CUDA in available else f"this onnxruntime has no {CUDA} (install onnxruntime-gpu)"
+        raise DeviceError(f"DEVICE=cuda but CUDA cannot be used: {why}")
+    if not cuda_ok:
+        return [CPU]
+    if hasattr(ort, "preload_dlls"):
+        # Loads the CUDA and cuDNN libraries that the nvidia-* pip packages ship.
+        ort.preload_dlls()
+    return [CUDA, CPU]
+
+
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # One inference runs at a time (the batcher's single worker), so all cores go to intra-op work.
+    opts.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    return opts
+
+
+@dataclass
+class Prefilled:
+    """One prompt's share of a prefill call."""
+
+    logprobs: np.ndarray  # (V,) of the token after the prompt
+    keys: np.ndarray  # (L, nh, n, hs)
+    values: np.ndarray  # (L, nh, n, hs)
+    attention: np.ndarray  # (L, nh, n): the prompt's last token over the prompt
+
+
+@dataclass
+class Decoded:
+    """One decode step for a batch of B rows."""
+
+    logprobs: np.ndarray  # (B, V)
+    new_keys: np.ndarray  # (B, L, nh, hs)
+    new_values: np.ndarray  # (B, L, nh, hs)
+    attention: np.ndarray  # (B, L, nh, P + 1): past slots, then the new token itself
+
+
+class Engine:
+    """Runs the bundle's graphs: one-shot graphs on lists of token-id rows, and generation steps."""
+
+    def __init__(self, bundle: Bundle, device: str, intra_op_threads: int = 0, *, max_padding: float) -> None:
+        self.bundle = bundle
+        self.max_padding = max_padding
+        providers = choose_providers(device)
+        opts = session_options(intra_op_threads)
+        self.sessions = {
+            name: ort.InferenceSession(str(bundle.graph_path(name)), opts, providers=providers) for name in GRAPHS
+        }
+        for name, session in self.sessions.items():
+            inputs = [i.name for i in session.get_inputs()]
+            outputs = [o.name for o in session.get_outputs()]
+            spec = GRAPHS[name]
+            if (inputs, outputs) != (spec.input_names, spec.output_names):
+                raise BundleError(
+                    f"{bundle.graph_path(name)}: inputs {inputs} and outputs {outputs} do not match the contract "
+                    f"({spec.input_names} -> {spec.output_names})"
+                )
+        used = self.sessions["next_token"].get_providers()
+        # ONNX Runtime falls back to the CPU without an error; report what it actually uses.
+        if providers[0] == CUDA and used[0] != CUDA:
+            if device == "cuda":
+                raise DeviceError(f"DEVICE=cuda but ONNX Runtime fell back to {used[0]}")
+            log.warning("CUDA was available but ONNX Runtime fell back to %s", used[0])
+        self.provider = used[0]
+        why = " (no usable GPU found)" if device == "auto" and self.provider == CPU else ""
+        log.info("model %s v%s loaded on %s%s", bundle.name, bundle.version, self.provider, why)
+
+    def run(self, name: str, rows: Sequence[np.ndarray]) -> list:
+        """Run a one-shot graph. rows: 1-D int64 token ids, each 1..context_length long.
+
+        Returns each row's share of the outputs, in order (bundlespec's take_row): next_token (V,)
+        log-probs; attention (L, nh, n, n) weights; score ((n-1,) log-probs, (n-1, K) top log-probs,
+        (n-1, K) top ids). Rows of similar length run together (see group_by_length); each group is
+        padded to its longest.
+        """
+        spec = GRAPHS[name]
+        take_row = spec.take_row
+        assert take_row is not None, f"{name} is not a one-shot graph"
+        results: list = [None] * len(rows)
+        for group in group_by_length([len(r) for r in rows], self.max_padding):
+            # Padding up to min_length lets a too-short row through: take_row cuts its share to empty.
+            outputs = self._run_padded(name, [rows[i] for i in group], spec.min_length)
+            for j, i in enumerate(group):
+                results[i] = take_row(outputs, j, len(rows[i]))
+        return results
+
+    def _run_padded(self, name: str, rows: Sequence[np.ndarray], min_length: int = 1) -> list[np.ndarray]:
+        ids, mask = pad(rows, min_length)
+        return self.sessions[name].run(None, {"input_ids": ids, "attention_mask": mask})
+
+    def prefill(self, rows: Sequence[np.ndarray]) -> list[Prefilled]:
+        """Run prompts through the prefill graph; each row's cache is cut to its real length."""
+        logprobs, keys, values, attention = self._run_padded("prefill", rows)
+        return [
+            Prefilled(logprobs[i], keys[i, :, :, :n], values[i, :, :, :n], attention[i, :, :, :n])
+            for i, n in enumerate(len(r) for r in rows)
+        ]
+
+    def decode(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        past_keys: np.ndarray,
+        past_values: np.ndarray,
+        past_mask: np.ndarray,
+    ) -> Decoded:
+        """One step: tokens, positions (B,); past_keys/values (B, L, nh, P, hs); past_mask (B, P)."""
+        logprobs, new_keys, new_values, attention = self.sessions["decode"].run(
+            None,
+            {
+                "input_ids": tokens.reshape(-1, 1),
+                "positions": positions,
+                "past_keys": past_keys,
+                "past_values": past_values,
+                "past_mask": past_mask,
+            },
+        )
+        return Decoded(logprobs, new_keys[:, :, :, 0], new_values[:, :, :, 0], attention)
+
+
+def pad(rows: Sequence[np.ndarray], min_length: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token rows into ids and attention_mask, both (B, T) int64, T at least min_length."""
+    ids = np.zeros((len(rows), max(min_length, *(len(r) for r in rows))), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def group_by_length(lengths: Sequence[int], max_padding: float) -> list[list[int]]:
+    """Split a batch into groups of row indices whose padding stays small.
+
+    Padding every row to the batch's longest wastes most of the work when short and long inputs
+    arrive together (a 250-token prompt pads thirty 10-token ones to 250). Rows are taken longest
+    first; a group closes when adding the next row would make its padded size exceed
+    (1 + max_padding) times its real tokens. max_padding=inf gives one group (plain padding).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    real = 0
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= (1 + max_padding) * (real + lengths[i]):
+            groups[-1].append(i)
+            real += lengths[i]
+        else:
+            groups.append([i])
+            real = lengths[i]
+    return groups

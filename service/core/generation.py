@@ -1,0 +1,355 @@
+"""Continuous batching for generation, with a KV cache per sequence.
+
+A sequence waits in a bounded queue until there is room: fewer than MAX_ACTIVE_SEQUENCES are
+running and its cache (prompt plus max_tokens, reserved up front so that it can never run out
+mid-way) fits in KV_CACHE_TOKENS. The scheduler's loop then repeats one step:
+  1. new sequences run their prompts through the prefill graph together (their first token);
+  2. every running sequence advances by one token in a single decode call.
+A sequence that finishes, or whose caller goes away, leaves before the next step and frees its
+cache. Each caller reads its own stream of steps. The model work, token choice and detokenization
+run on the inference executor, so the event loop only hands steps out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from service.core.engine import Engine
+from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
+from service.core.sampling import Sampler, SamplingParams, top_indices
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    seed: int | tuple[int, ...] | None = None  # entropy for the sequence's own generator
+    stop: tuple[str, ...] = ()
+    top_logprobs: int = 0  # alternatives to report per token
+    attention: tuple[list[int], list[int]] | None = None  # (layers, heads) to report per token
+
+
+@dataclass
+class Step:
+    """One generated token."""
+
+    token_id: int
+    text: str  # text that this token makes final (held back while a character or a stop string is incomplete)
+    logprob: float  # under the model, before temperature
+    top: list[tuple[int, float]]  # (token id, log-prob), most likely first
+    # (layers, heads, n): how the position that predicted this token attended to the n tokens before it
+    attention: np.ndarray | None
+    finish_reason: str | None = None  # "stop" or "length" on the last step
+
+
+class TextTracker:
+    """Turns tokens into text that is safe to hand out, and finds stop strings.
+
+    Byte-level tokens can end inside a UTF-8 character, so the decoded text is held back while it
+    ends in a replacement character; text that could be the start of a stop string is held back
+    too, so a stop string never reaches the caller.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.ids: list[int] = []
+        self.text = ""
+        self.emitted = 0  # characters of text handed out
+
+    def add(self, token_id: int) -> tuple[str, bool]:
+        """Returns the newly safe text and whether a stop string was found (text ends before it)."""
+        self.ids.append(token_id)
+        self.text = self.tokenizer.decode(self.ids)
+        hits = [i for s in self.stop if (i := self.text.find(s, max(0, self.emitted - len(s)))) >= 0]
+        if hits:
+            return self._take(min(hits)), True
+        safe = len(self.text.rstrip("\ufffd"))
+        for s in self.stop:
+            for k in range(min(len(s) - 1, safe - self.emitted), 0, -1):
+                if self.text[:safe].endswith(s[:k]):
+                    safe -= k
+                    break
+        return self._take(safe), False
+
+    def flush(self) -> str:
+        return self._take(len(self.text))
+
+    def _take(self, end: int) -> str:
+        end = max(end, self.emitted)
+        delta, self.emitted = self.text[self.emitted : end], end
+        return delta
+
+
+class GenerationStream:
+    """One sequence's steps, read by its caller: `async for step in stream`; cancel() when done."""
+
+    def __init__(self, scheduler: Scheduler, prompt: np.ndarray, params: GenerationParams, tokenizer: Tokenizer):
+        self.prompt = prompt
+        self.params = params
+        self.sampler = Sampler(params.sampling, params.seed)
+        self.text = TextTracker(tokenizer, params.stop)
+        self.reserved = len(prompt) + params.max_tokens  # cache tokens held while it runs
+        self.generated: list[int] = []
+        self.keys: np.ndarray | None = None  # (L, nh, reserved, hs) once prefilled
+        self.values: np.ndarray | None = None
+        self.length = 0  # cache slots filled
+        self.pending_attention: np.ndarray | None = None  # (L, nh, n) of the next token to choose
+        self.finished = False
+        self.cancelled = False
+        self.admitted = False  # holds its cache reservation
+        self.submitted = time.perf_counter()
+        self._scheduler = scheduler
+        self._events: asyncio.Queue[Step | BaseException] = asyncio.Queue()
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> Step:
+        if self.finished and self._events.empty():
+            raise StopAsyncIteration
+        try:
+            async with asyncio.timeout(self._scheduler.step_timeout_s):
+                item = await self._events.get()
+        except TimeoutError as e:
+            self.cancel()
+            raise InferenceTimeoutError(f"no token within REQUEST_TIMEOUT_S={self._scheduler.step_timeout_s:g}s") from e
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        """The caller is gone: leave the batch before the next step and free the cache."""
+        if not self.cancelled:
+            self.cancelled = True
+            self._scheduler.wake()
+
+    def _deliver(self, item: Step | BaseException) -> None:
+        if isinstance(item, Step) and item.finish_reason is not None:
+            self.finished = True
+        self._events.put_nowait(item)
+
+
+class GenerationObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def state(self, active: int, waiting: int, reserved_tokens: int) -> None: ...
+
+    def step_done(self, prefilled: int, decoded: int, seconds: float) -> None: ...
+
+    def first_token(self, seconds: float) -> None: ...
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        executor: Executor,
+        tokenizer: Tokenizer,
+        max_active: int,
+        kv_cache_tokens: int,
+        max_waiting: int,
+        step_timeout_s: float,
+        observer: GenerationObserver | None = None,
+    ) -> None:
+        self.engine = engine
+        self.executor = executor
+        self.tokenizer = tokenizer
+        self.max_active = max_active
+        self.kv_cache_tokens = kv_cache_tokens
+        self.max_waiting = max_waiting
+        self.step_timeout_s = step_timeout_s
+        self.observer = observer or GenerationObserver()
+        arch = engine.bundle.arch
+        self._cache_shape = (arch.n_layer, arch.n_head, arch.d_head)
+        self.waiting: deque[GenerationStream] = deque()
+        self.active: list[GenerationStream] = []
+        self.reserved_tokens = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    # -- the callers' side -------------------------------------------------------------------------
+
+    def submit(self, requests: Sequence[tuple[np.ndarray, GenerationParams]]) -> list[GenerationStream]:
+        """Queue sequences (all or none) and return their streams."""
+        if self._closing:
+            raise DrainingError("the server is shutting down")
+        for prompt, params in requests:
+            if len(prompt) + params.max_tokens > self.kv_cache_tokens:
+                raise InputError(
+                    f"this sequence needs {len(prompt) + params.max_tokens} cache tokens, more than "
+                    f"KV_CACHE_TOKENS={self.kv_cache_tokens}"
+                )
+        if len(self.waiting) + len(requests) > self.max_waiting:
+            raise QueueFullError(
+                f"the generation queue is full ({len(self.waiting)} of {self.max_waiting} sequences waiting)"
+            )
+        streams = [GenerationStream(self, prompt, params, self.tokenizer) for prompt, params in requests]
+        self.waiting.extend(streams)
+        self._report()
+        self.wake()
+        return streams
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="generation-scheduler")
+
+    async def stop(self, grace_s: float) -> None:
+        """Take no new sequences, let running ones finish for up to grace_s, then end the rest."""
+        self._closing = True
+        give_up = time.perf_counter() + grace_s
+        while (self.waiting or self.active) and time.perf_counter() < give_up:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for stream in [*self.waiting, *self.active]:
+            stream._deliver(DrainingError("the server shut down"))
+        self.waiting.clear()
+        self.active.clear()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                self._leave_cancelled()
+                admitted = self._admit()
+                if not admitted and not self.active:
+                    break
+                decoding = list(self.active)
+                started = time.perf_counter()
+                try:
+                    steps = await loop.run_in_executor(self.executor, self._step, admitted, decoding)
+                except Exception as e:  # every sequence in the step must hear about it
+                    log.exception("generation step failed")
+                    for s in admitted + decoding:
+                        s._deliver(e)
+                        self._release(s)
+                    continue
+                self.observer.step_done(len(admitted), len(decoding), time.perf_counter() - started)
+                for s in admitted:
+                    self.observer.first_token(time.perf_counter() - s.submitted)
+                self.active.extend(admitted)
+                # Delivered here, on the event loop: asyncio queues are not thread-safe.
+                for s, step in steps:
+                    s._deliver(step)
+                for s in [s for s in self.active if s.finished]:
+                    self._release(s)
+                self._report()
+                await asyncio.sleep(0)  # let callers read their steps and new requests arrive
+
+    def _leave_cancelled(self) -> None:
+        for s in [s for s in self.active if s.cancelled]:
+            self._release(s)
+        if any(s.cancelled for s in self.waiting):
+            self.waiting = deque(s for s in self.waiting if not s.cancelled)
+        self._report()
+
+    def _admit(self) -> list[GenerationStream]:
+        """First come, first served: the head of the queue waits for room rather than being overtaken."""
+        admitted: list[GenerationStream] = []
+        while self.waiting and len(self.active) + len(admitted) < self.max_active:
+            head = self.waiting[0]
+            if self.reserved_tokens + head.reserved > self.kv_cache_tokens:
+                break
+            self.waiting.popleft()
+            self.reserved_tokens += head.reserved
+            head.admitted = True
+            admitted.append(head)
+        return admitted
+
+    def _release(self, s: GenerationStream) -> None:
+        if s in self.active:
+            self.active.remove(s)
+        if s.admitted:
+            self.reserved_tokens -= s.reserved
+            s.admitted = False
+        s.keys = s.values = None
+
+    def _report(self) -> None:
+        self.observer.state(len(self.active), len(self.waiting), self.reserved_tokens)
+
+    # -- one step, on the executor -----------------------------------------------------------------
+
+    def _step(
+        self, admitted: list[GenerationStream], decoding: list[GenerationStream]
+    ) -> list[tuple[GenerationStream, Step]]:
+        live = [s for s in decoding if not s.cancelled and not s.finished]
+        steps = self._prefill(admitted) if admitted else []
+        return steps + self._decode(live) if live else steps
+
+    def _prefill(self, streams: list[GenerationStream]) -> list[tuple[GenerationStream, Step]]:
+        L, nh, hs = self._cache_shape
+        steps = []
+        for s, out in zip(streams, self.engine.prefill([s.prompt for s in streams]), strict=True):
+            n = len(s.prompt)
+            s.keys = np.empty((L, nh, s.reserved, hs), dtype=np.float32)
+            s.values = np.empty_like(s.keys)
+            s.keys[:, :, :n], s.values[:, :, :n] = out.keys, out.values
+            s.length = n
+            s.pending_attention = out.attention
+            steps.append((s, self._advance(s, out.logprobs)))
+        return steps
+
+    def _decode(self, streams: list[GenerationStream]) -> list[tuple[GenerationStream, Step]]:
+        L, nh, hs = self._cache_shape
+        past = max(s.length for s in streams)
+        past_keys = np.zeros((len(streams), L, nh, past, hs), dtype=np.float32)  # (B, L, nh, P, hs)
+        past_values = np.zeros_like(past_keys)
+        past_mask = np.zeros((len(streams), past), dtype=np.int64)  # (B, P)
+        for b, s in enumerate(streams):
+            assert s.keys is not None and s.values is not None
+            past_keys[b, :, :, : s.length] = s.keys[:, :, : s.length]
+            past_values[b, :, :, : s.length] = s.values[:, :, : s.length]
+            past_mask[b, : s.length] = 1
+        tokens = np.asarray([s.generated[-1] for s in streams], dtype=np.int64)
+        positions = np.asarray([s.length for s in streams], dtype=np.int64)
+        out = self.engine.decode(tokens, positions, past_keys, past_values, past_mask)
+        steps = []
+        for b, s in enumerate(streams):
+            assert s.keys is not None and s.values is not None
+            s.keys[:, :, s.length], s.values[:, :, s.length] = out.new_keys[b], out.new_values[b]
+            # The new token's weights: its real past slots, then itself.
+            s.pending_attention = np.concatenate(
+                [out.attention[b, :, :, : s.length], out.attention[b, :, :, past:]], -1
+            )
+            s.length += 1
+            steps.append((s, self._advance(s, out.logprobs[b])))
+        return steps
+
+    def _advance(self, s: GenerationStream, logprobs: np.ndarray) -> Step:
+        """Choose the next token from logprobs (V,); the step the caller will read."""
+        p = s.params
+        token = s.sampler.choose(logprobs)
+        s.generated.append(token)
+        text, stopped = s.text.add(token)
+        finish = "stop" if stopped else "length" if len(s.generated) >= p.max_tokens else None
+        if finish == "length":
+            text += s.text.flush()
+        attention = None
+        if p.attention is not None and s.pending_attention is not None:
+            layers, heads = p.attention
+            attention = np.ascontiguousarray(s.pending_attention[np.ix_(layers, heads)])
+        top = [(int(t), float(logprobs[t])) for t in top_indices(logprobs, p.top_logprobs)] if p.top_logprobs else []
+        return Step(token, text, float(logprobs[token]), top, attention, finish)

@@ -1,0 +1,231 @@
+"""The inference core: token-id rows and options in, domain objects out. No HTTP schema here.
+
+Every protocol (service/api/*) turns its requests into calls on InferenceCore and its results
+into its own responses, so a request gets the same numbers, batchers and limits whichever
+protocol it came by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bundlespec import ONE_SHOT
+from service.core.batcher import DynamicBatcher
+from service.core.bundle import Bundle
+from service.core.engine import Engine
+from service.core.errors import InferenceTimeoutError, InputError, QueueFullError
+from service.core.generation import GenerationParams, GenerationStream, Scheduler
+from service.core.sampling import log_softmax, top_indices
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Row:
+    ids: np.ndarray  # (n,) int64
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class NextTokens:
+    """The most likely next tokens after one row, most likely first."""
+
+    row: Row
+    token_ids: np.ndarray  # (k,)
+    logprobs: np.ndarray  # (k,) float64, after temperature
+
+
+@dataclass(frozen=True)
+class AttentionMaps:
+    row: Row
+    layers: list[int]
+    heads: list[int]
+    weights: np.ndarray  # (layers, heads, n, n) float32
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    row: Row
+    logprobs: np.ndarray  # (n-1,): log p(token t+1 | tokens <= t)
+    top_logprobs: np.ndarray  # (n-1, K) the K most likely tokens at each position
+    top_ids: np.ndarray  # (n-1, K)
+
+
+class InferenceCore:
+    def __init__(self, bundle: Bundle, settings: Settings, metrics: Metrics) -> None:
+        self.bundle = bundle
+        self.settings = settings
+        self.metrics = metrics
+        self.engine = Engine(bundle, settings.device, settings.intra_op_threads, max_padding=settings.batch_max_padding)
+        # Each token decoded on its own, once, so responses can name tokens without calling the tokenizer.
+        self.token_text = bundle.tokenizer.decode_batch([[i] for i in range(bundle.vocab_size)])
+        # One worker: a single inference at a time gets every core (ONNX Runtime's intra-op threads).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.batchers = {
+            name: DynamicBatcher(
+                run_batch=functools.partial(self.engine.run, name),
+                executor=self._executor,
+                max_batch_size=settings.max_batch_size,
+                max_delay_s=settings.max_batch_delay_ms / 1000,
+                max_queue_rows=settings.max_queue_rows,
+                name=name,
+                observer=metrics.observer(name),
+            )
+            for name in ONE_SHOT
+        }
+        self.scheduler = Scheduler(
+            self.engine,
+            self._executor,
+            bundle.tokenizer,
+            max_active=settings.max_active_sequences,
+            kv_cache_tokens=settings.kv_cache_tokens or settings.max_active_sequences * bundle.context_length,
+            max_waiting=settings.max_waiting_sequences,
+            step_timeout_s=settings.request_timeout_s,
+            observer=metrics.generation_observer(),
+        )
+        metrics.model_info.info({"name": bundle.name, "version": bundle.version, "provider": self.engine.provider})
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def provider(self) -> str:
+        return self.engine.provider
+
+    def warm_up(self) -> None:
+        """Run every graph once at full context so the first request pays no allocation cost."""
+        longest = np.arange(self.bundle.context_length, dtype=np.int64) % self.bundle.vocab_size
+        for name in ONE_SHOT:
+            self.engine.run(name, [longest, longest[:3]])
+        self.engine.prefill([longest[:-1], longest[:3]])
+        arch = self.bundle.arch
+        cache = np.zeros((2, arch.n_layer, arch.n_head, len(longest) - 1, arch.d_head), dtype=np.float32)
+        mask = np.ones((2, len(longest) - 1), dtype=np.int64)
+        self.engine.decode(longest[:2], np.array([len(longest) - 1] * 2), cache, cache, mask)
+
+    def start(self) -> None:
+        for b in self.batchers.values():
+            b.start()
+        self.scheduler.start()
+
+    async def stop(self, grace_s: float) -> None:
+        await self.scheduler.stop(grace_s)
+        for b in self.batchers.values():
+            await b.stop(grace_s)
+        self._executor.shutdown(wait=True)
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.bundle.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.bundle.tokenizer.decode(list(ids))
+
+    def check_ids(self, encoded: Sequence[Sequence[int]], what: str = "token_ids") -> None:
+        vocab = self.bundle.vocab_size
+        for i, ids in enumerate(encoded):
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise InputError(f"{what}[{i}] has ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+
+    def rows(self, encoded: Sequence[Sequence[int]], truncate: bool = False, room: int = 0) -> list[Row]:
+        """Check the inputs' count and lengths (room: tokens to leave free after each, for generation)."""
+        if len(encoded) > self.settings.max_texts_per_request:
+            raise InputError(
+                f"{len(encoded)} inputs in one request; the limit is {self.settings.max_texts_per_request}"
+            )
+        context = self.bundle.context_length - room
+        out = []
+        for i, ids in enumerate(encoded):
+            if len(ids) > context and not truncate:
+                raise InputError(
+                    f"input {i} has {len(ids)} tokens, more than the context of {context}; "
+                    'shorten it or send "truncate": true to keep the last tokens'
+                )
+            out.append(Row(np.asarray(ids[-context:], dtype=np.int64), truncated=len(ids) > context))
+        return out
+
+    async def _run(self, name: str, rows: list[Row]) -> list[Any]:
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await self.batchers[name].submit([r.ids for r in rows])
+        except TimeoutError as e:
+            raise InferenceTimeoutError(
+                f"no answer within REQUEST_TIMEOUT_S={self.settings.request_timeout_s:g}s"
+            ) from e
+        except QueueFullError:
+            self.metrics.rejected.labels(name).inc(len(rows))
+            raise
+
+    # -- the jobs --------------------------------------------------------------------------------
+
+    async def next_token(self, rows: list[Row], top_k: int, temperature: float = 1.0) -> list[NextTokens]:
+        if top_k > self.bundle.vocab_size:
+            raise InputError(f"top_k={top_k} is larger than the vocabulary ({self.bundle.vocab_size})")
+        outputs = await self._run("next_token", rows)
+        results = []
+        for row, logprobs in zip(rows, outputs, strict=True):
+            lp = log_softmax(logprobs, temperature)
+            top = top_indices(lp, top_k)
+            results.append(NextTokens(row, top, lp[top]))
+        return results
+
+    def layer_head_indices(self, layers: list[int] | None, heads: list[int] | None) -> tuple[list[int], list[int]]:
+        arch = self.bundle.arch
+        return _indices(layers, arch.n_layer, "layer"), _indices(heads, arch.n_head, "head")
+
+    async def attention(
+        self, rows: list[Row], layers: list[int] | None = None, heads: list[int] | None = None
+    ) -> list[AttentionMaps]:
+        layers, heads = self.layer_head_indices(layers, heads)
+        values = len(layers) * len(heads) * sum(len(r.ids) ** 2 for r in rows)
+        if values > self.settings.max_attention_values:
+            raise InputError(
+                f"the answer would hold {values:,} attention weights, more than MAX_ATTENTION_VALUES="
+                f"{self.settings.max_attention_values:,}; ask for fewer layers, heads or inputs"
+            )
+        outputs = await self._run("attention", rows)
+        return [
+            AttentionMaps(row, layers, heads, np.ascontiguousarray(w[np.ix_(layers, heads)], dtype=np.float32))
+            for row, w in zip(rows, outputs, strict=True)
+        ]
+
+    async def score(self, rows: list[Row]) -> list[TokenScores]:
+        outputs = await self._run("score", rows)
+        return [TokenScores(row, *out) for row, out in zip(rows, outputs, strict=True)]
+
+    def generate(self, requests: Sequence[tuple[Row, GenerationParams]]) -> list[GenerationStream]:
+        """Start generating for each (prompt, params); the caller reads and finally cancels each stream."""
+        context = self.bundle.context_length
+        for i, (row, params) in enumerate(requests):
+            if len(row.ids) + params.max_tokens > context:
+                raise InputError(
+                    f"prompt {i} has {len(row.ids)} tokens and max_tokens is {params.max_tokens}: together more "
+                    f"than the context of {context} tokens; shorten the prompt or lower max_tokens"
+                )
+        try:
+            return self.scheduler.submit([(row.ids, params) for row, params in requests])
+        except QueueFullError:
+            self.metrics.rejected.labels("generate").inc(len(requests))
+            raise
+
+
+def _indices(asked: list[int] | None, count: int, what: str) -> list[int]:
+    if asked is None:
+        return list(range(count))
+    bad = [i for i in asked if not 0 <= i < count]
+    if bad:
+        raise InputError(f"unknown {what} indices {bad}; the model has {count} {what}s (0..{count - 1})")
+    return list(asked)

@@ -1,0 +1,222 @@
+"""The generation core: sampling, text assembly, and the continuous-batching scheduler on the real engine."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.core.bundle import load_bundle
+from service.core.engine import Engine
+from service.core.errors import InputError, QueueFullError
+from service.core.generation import GenerationObserver, GenerationParams, Scheduler, TextTracker
+from service.core.sampling import Sampler, SamplingParams, log_softmax
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def engine(toy_bundle):
+    return Engine(load_bundle(toy_bundle), "cpu", max_padding=0.1)
+
+
+class Recorder(GenerationObserver):
+    def __init__(self) -> None:
+        self.active: list[int] = []
+        self.decoded: list[int] = []
+
+    def state(self, active: int, waiting: int, reserved_tokens: int) -> None:
+        self.active.append(active)
+
+    def step_done(self, prefilled: int, decoded: int, seconds: float) -> None:
+        self.decoded.append(decoded)
+
+
+def scheduler(engine, **kw) -> Scheduler:
+    args = {"max_active": 32, "kv_cache_tokens": 32 * 24, "max_waiting": 64, "step_timeout_s": 30}
+    args.update(kw)
+    return Scheduler(engine, ThreadPoolExecutor(1), engine.bundle.tokenizer, **args)
+
+
+def prompt(engine, text: str) -> np.ndarray:
+    return np.asarray(engine.bundle.tokenizer.encode(text).ids, dtype=np.int64)
+
+
+async def collect(stream) -> list:
+    return [step async for step in stream]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# -- sampling ------------------------------------------------------------------------------------
+
+
+def test_greedy_takes_the_most_likely_and_a_seed_repeats_its_draws():
+    lp = log_softmax(np.log(np.array([0.1, 0.6, 0.3])))
+    assert Sampler(GREEDY, None).choose(lp) == 1
+    draws = [Sampler(SamplingParams(1.0), 7).choose(lp) for _ in range(5)]
+    assert len(set(draws)) == 1
+    many = Sampler(SamplingParams(1.0), 0)
+    counts = np.bincount([many.choose(lp) for _ in range(3000)], minlength=3) / 3000
+    np.testing.assert_allclose(counts, [0.1, 0.6, 0.3], atol=0.04)
+
+
+def test_top_k_and_top_p_cut_the_tail():
+    lp = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    top1 = Sampler(SamplingParams(1.0, top_k=1), 0)
+    assert {top1.choose(lp) for _ in range(50)} == {0}
+    nucleus = Sampler(SamplingParams(1.0, top_p=0.8), 0)  # 0.5 + 0.3 reach 0.8: tokens 2 and 3 are out
+    assert {nucleus.choose(lp) for _ in range(300)} == {0, 1}
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+
+def test_text_tracker_holds_back_stop_strings_and_split_characters(toy_bundle):
+    tok = load_bundle(toy_bundle).tokenizer
+    ids = tok.encode("I do not like hate.\nwe").ids
+    t = TextTracker(tok, ("hate.",))
+    out, stopped = "", False
+    for i in ids:
+        delta, stopped = t.add(i)
+        out += delta
+        if stopped:
+            break
+    assert stopped and out == "I do not like "
+    # A character that spans two byte-level tokens is only handed out once it is complete.
+    e = TextTracker(tok, ())
+    pieces = [e.add(i)[0] for i in tok.encode("é").ids]
+    assert "".join(pieces) + e.flush() == "é" and all("\ufffd" not in p for p in pieces)
+
+
+# -- the scheduler ---------------------------------------------------------------------------------
+
+
+def test_greedy_generation_matches_recomputing_with_the_one_shot_graph(engine):
+    async def main():
+        s = scheduler(engine)
+        s.start()
+        ids = prompt(engine, "I do not")
+        (stream,) = s.submit([(ids, GenerationParams(max_tokens=10, sampling=GREEDY))])
+        steps = await collect(stream)
+        await s.stop(1)
+        return ids, steps
+
+    ids, steps = run(main())
+    assert len(steps) == 10 and steps[-1].finish_reason == "length"
+    seq = list(ids)
+    for step in steps:  # the next_token graph over the whole sequence, no cache
+        (want,) = engine.run("next_token", [np.asarray(seq)])
+        assert step.token_id == int(np.argmax(want))
+        assert abs(step.logprob - float(want[step.token_id])) < 1e-4
+        seq.append(step.token_id)
+
+
+def test_sequences_join_between_steps_and_leave_when_done(engine):
+    rec = Recorder()
+
+    async def main():
+        s = scheduler(engine, observer=rec)
+        s.start()
+        (long,) = s.submit([(prompt(engine, "we do"), GenerationParams(max_tokens=12, sampling=GREEDY))])
+        first = await long.__anext__()
+        (short,) = s.submit([(prompt(engine, "you"), GenerationParams(max_tokens=3, sampling=GREEDY))])
+        rest, short_steps = await asyncio.gather(collect(long), collect(short))
+        await s.stop(1)
+        return [first, *rest], short_steps, s
+
+    long_steps, short_steps, s = run(main())
+    assert len(long_steps) == 12 and len(short_steps) == 3
+    assert 2 in rec.decoded, "the second sequence should have joined the first one's decode steps"
+    assert rec.active[-1] == 0 and s.reserved_tokens == 0
+
+
+def test_a_cancelled_sequence_leaves_at_once_and_frees_its_cache(engine):
+    rec = Recorder()
+
+    async def main():
+        s = scheduler(engine, observer=rec)
+        s.start()
+        a, b = s.submit([(prompt(engine, "I do"), GenerationParams(max_tokens=20, sampling=GREEDY))] * 2)
+        await a.__anext__()
+        await b.__anext__()
+        a.cancel()
+        rest = await collect(b)
+        await s.stop(1)
+        return rest, s
+
+    rest, s = run(main())
+    assert len(rest) == 19
+    assert rec.decoded[-1] == 1, "only the sequence still being read should be decoded at the end"
+    assert s.reserved_tokens == 0 and not s.active
+
+
+def test_the_kv_budget_makes_sequences_wait_and_the_queue_is_bounded(engine):
+    rec = Recorder()
+
+    async def main():
+        # Room for one 3 + 10 token sequence at a time.
+        s = scheduler(engine, kv_cache_tokens=20, max_waiting=2, observer=rec)
+        s.start()
+        params = GenerationParams(max_tokens=10, sampling=GREEDY)
+        ids = prompt(engine, "I do not")
+        streams = s.submit([(ids, params), (ids, params)])
+        with pytest.raises(QueueFullError):
+            s.submit([(ids, params)])
+        with pytest.raises(InputError, match="KV_CACHE_TOKENS"):
+            s.submit([(ids, GenerationParams(max_tokens=21))])
+        results = await asyncio.gather(*(collect(x) for x in streams))
+        await s.stop(1)
+        return results
+
+    a, b = run(main())
+    assert [x.token_id for x in a] == [x.token_id for x in b]
+    assert max(rec.active) == 1 and max(rec.decoded) == 1, "the budget allows one sequence at a time"
+
+
+def test_a_seed_gives_the_same_text_whatever_the_batch_mates(engine):
+    sampled = GenerationParams(max_tokens=15, sampling=SamplingParams(temperature=1.5), seed=42)
+
+    async def main():
+        s = scheduler(engine)
+        s.start()
+        ids = prompt(engine, "we")
+        (alone,) = s.submit([(ids, sampled)])
+        alone_steps = await collect(alone)
+        others = [
+            (prompt(engine, t), GenerationParams(max_tokens=15, sampling=SamplingParams(1.0)))
+            for t in ("I do not like", "you", "they do like like.\nwe do")
+        ]
+        crowd = s.submit([*others[:2], (ids, sampled), others[2]])
+        crowd_steps = await asyncio.gather(*(collect(x) for x in crowd))
+        await s.stop(1)
+        return alone_steps, crowd_steps[2]
+
+    alone, among = run(main())
+    assert [x.token_id for x in alone] == [x.token_id for x in among]
+
+
+def test_attention_per_step_covers_the_context_before_each_token(engine):
+    async def main():
+        s = scheduler(engine)
+        s.start()
+        ids = prompt(engine, "I do not")
+        params = GenerationParams(max_tokens=4, sampling=GREEDY, attention=([1], [0, 2]))
+        (stream,) = s.submit([(ids, params)])
+        steps = await collect(stream)
+        await s.stop(1)
+        return ids, steps
+
+    ids, steps = run(main())
+    seq = list(ids)
+    for step in steps:
+        assert step.attention is not None and step.attention.shape == (1, 2, len(seq))
+        np.testing.assert_allclose(step.attention.sum(-1), 1.0, atol=1e-5)
+        # The same weights as the attention graph's last query row over the same tokens.
+        (full,) = engine.run("attention", [np.asarray(seq)])
+        np.testing.assert_allclose(step.attention, full[[1]][:, [0, 2], -1, :], atol=1e-5)
+        seq.append(step.token_id)
