@@ -55,7 +55,7 @@ class Metrics:
         self.generated_tokens = Counter("attnserve_generated_tokens", "Tokens generated", registry=r)
         self.generation_step = Histogram(
             "attnserve_generation_step_seconds",
-            "Time of one scheduler step (prefill of new sequences plus one decode step)",
+            "Time of one scheduler hand-off (prefill of new sequences, then decode steps for up to 5 ms)",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -99,9 +99,9 @@ class _GenerationObserver(GenerationObserver):
         self._m.waiting_sequences.set(waiting)
         self._m.kv_cache_reserved.set(reserved_tokens)
 
-    def step_done(self, prefilled: int, decoded: int, seconds: float) -> None:
+    def step_done(self, prefilled: int, decode_widths: list[int], seconds: float) -> None:
         self._m.generation_step.observe(seconds)
-        self._m.generated_tokens.inc(prefilled + decoded)
+        self._m.generated_tokens.inc(prefilled + sum(decode_widths))
 
     def first_token(self, seconds: float) -> None:
         self._m.time_to_first_token.observe(seconds)

@@ -107,7 +107,8 @@ class GenerationStream:
         self.values: np.ndarray | None = None
         self.length = 0  # cache slots filled
         self.pending_attention: np.ndarray | None = None  # (L, nh, n) of the next token to choose
-        self.finished = False
+        self.finished = False  # the caller has been handed the last step
+        self.exhausted = False  # the last step is chosen (set on the executor, ahead of delivery)
         self.cancelled = False
         self.admitted = False  # holds its cache reservation
         self.submitted = time.perf_counter()
@@ -148,7 +149,8 @@ class GenerationObserver:
 
     def state(self, active: int, waiting: int, reserved_tokens: int) -> None: ...
 
-    def step_done(self, prefilled: int, decoded: int, seconds: float) -> None: ...
+    def step_done(self, prefilled: int, decode_widths: list[int], seconds: float) -> None:
+        """After one hand-off: prompts prefilled, and the batch width of each decode step run."""
 
     def first_token(self, seconds: float) -> None: ...
 
@@ -164,6 +166,7 @@ class Scheduler:
         max_waiting: int,
         step_timeout_s: float,
         observer: GenerationObserver | None = None,
+        burst_s: float = 0.005,
     ) -> None:
         self.engine = engine
         self.executor = executor
@@ -173,6 +176,10 @@ class Scheduler:
         self.max_waiting = max_waiting
         self.step_timeout_s = step_timeout_s
         self.observer = observer or GenerationObserver()
+        # Decode steps run back to back on the executor for up to burst_s while nothing new waits:
+        # one hand-off to the event loop per burst instead of per token (it costs more than a
+        # one-row decode step on a CPU).
+        self.burst_s = burst_s
         arch = engine.bundle.arch
         self._cache_shape = (arch.n_layer, arch.n_head, arch.d_head)
         self.waiting: deque[GenerationStream] = deque()
@@ -240,14 +247,14 @@ class Scheduler:
                 decoding = list(self.active)
                 started = time.perf_counter()
                 try:
-                    steps = await loop.run_in_executor(self.executor, self._step, admitted, decoding)
+                    steps, widths = await loop.run_in_executor(self.executor, self._step, admitted, decoding)
                 except Exception as e:  # every sequence in the step must hear about it
                     log.exception("generation step failed")
                     for s in admitted + decoding:
                         s._deliver(e)
                         self._release(s)
                     continue
-                self.observer.step_done(len(admitted), len(decoding), time.perf_counter() - started)
+                self.observer.step_done(len(admitted), widths, time.perf_counter() - started)
                 for s in admitted:
                     self.observer.first_token(time.perf_counter() - s.submitted)
                 self.active.extend(admitted)
@@ -294,10 +301,18 @@ class Scheduler:
 
     def _step(
         self, admitted: list[GenerationStream], decoding: list[GenerationStream]
-    ) -> list[tuple[GenerationStream, Step]]:
-        live = [s for s in decoding if not s.cancelled and not s.finished]
+    ) -> tuple[list[tuple[GenerationStream, Step]], list[int]]:
         steps = self._prefill(admitted) if admitted else []
-        return steps + self._decode(live) if live else steps
+        deadline = time.perf_counter() + self.burst_s
+        live = [s for s in decoding if not s.cancelled and not s.exhausted]
+        widths = []
+        while live:
+            steps += self._decode(live)
+            widths.append(len(live))
+            live = [s for s in live if not s.cancelled and not s.exhausted]
+            if self.waiting or time.perf_counter() >= deadline:
+                break
+        return steps, widths
 
     def _prefill(self, streams: list[GenerationStream]) -> list[tuple[GenerationStream, Step]]:
         L, nh, hs = self._cache_shape
@@ -347,6 +362,7 @@ class Scheduler:
         finish = "stop" if stopped else "length" if len(s.generated) >= p.max_tokens else None
         if finish == "length":
             text += s.text.flush()
+        s.exhausted = finish is not None
         attention = None
         if p.attention is not None and s.pending_attention is not None:
             layers, heads = p.attention

@@ -30,8 +30,8 @@ class Recorder(GenerationObserver):
     def state(self, active: int, waiting: int, reserved_tokens: int) -> None:
         self.active.append(active)
 
-    def step_done(self, prefilled: int, decoded: int, seconds: float) -> None:
-        self.decoded.append(decoded)
+    def step_done(self, prefilled: int, decode_widths: list[int], seconds: float) -> None:
+        self.decoded.extend(decode_widths)
 
 
 def scheduler(engine, **kw) -> Scheduler:
@@ -120,7 +120,8 @@ def test_sequences_join_between_steps_and_leave_when_done(engine):
     rec = Recorder()
 
     async def main():
-        s = scheduler(engine, observer=rec)
+        # One decode step per hand-off: the toy model is fast enough to finish a whole burst first.
+        s = scheduler(engine, observer=rec, burst_s=0)
         s.start()
         (long,) = s.submit([(prompt(engine, "we do"), GenerationParams(max_tokens=12, sampling=GREEDY))])
         first = await long.__anext__()
