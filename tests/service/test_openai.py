@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -133,3 +135,25 @@ def test_a_full_generation_queue_is_a_503_with_retry_after(toy_bundle, server_fa
         c.completions.create(model="toy", prompt=PROMPT, n=3)
     assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "1"
     assert c.completions.create(model="toy", prompt=PROMPT, n=2, max_tokens=2).choices
+
+
+def test_attention_while_generating_matches_the_attention_endpoint(client, toy_server):
+    body = {"model": "toy", "prompt": PROMPT, "max_tokens": 3, "temperature": 0, "attention": {"layers": [1]}}
+    choice = httpx.post(toy_server.url + "/v1/completions", json=body).json()["choices"][0]
+    ids = httpx.post(toy_server.url + "/tokenize", json={"prompt": PROMPT}).json()["tokens"]
+    seq = list(ids)
+    for _ in range(3):  # the same greedy tokens, one next-token call at a time
+        top = httpx.post(toy_server.url + "/v1/next-token", json={"token_ids": [seq], "top_k": 1}).json()
+        seq.append(top["results"][0]["top"][0]["token_id"])
+    full = httpx.post(toy_server.url + "/v1/attention", json={"token_ids": [seq], "layers": [1]}).json()
+    want = np.array(full["results"][0]["attention"])  # (1, heads, n, n)
+    for k, step in enumerate(choice["attention"]):  # token k was predicted at position len(ids) + k - 1
+        n = len(ids) + k
+        np.testing.assert_allclose(np.array(step), want[:, :, n - 1, :n], atol=1e-5)
+    streamed = [
+        line
+        for line in httpx.post(toy_server.url + "/v1/completions", json={**body, "stream": True}).text.splitlines()
+        if line.startswith("data: {")
+    ]
+    first = json.loads(streamed[0][6:])["choices"][0]["attention"]
+    np.testing.assert_allclose(np.array(first), np.array(choice["attention"][0]), atol=1e-6)

@@ -17,6 +17,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class AttentionSelection(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, description="All by default.")
+    heads: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, description="All by default.")
+
+
 class CompletionRequest(BaseModel):
     # strict: `"max_tokens": true` or `"n": "2"` are errors, not 1 and 2.
     model_config = ConfigDict(
@@ -45,6 +51,11 @@ class CompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    attention: AttentionSelection | None = Field(
+        None,
+        description="attnserve's extension: each generated token's attention over the tokens before it, "
+        "[layer][head][key], for these layers and heads. Not in OpenAI's API.",
+    )
     # Accepted for compatibility at their neutral values only; anything else is refused.
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -83,6 +94,7 @@ class Logprobs(BaseModel):
 
 
 class Choice(BaseModel):
+    model_config = ConfigDict(extra="allow")  # "attention" when the request asked for it
     index: int
     text: str
     logprobs: Logprobs | None

@@ -37,6 +37,7 @@ class ChoiceState:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top: list[list[tuple[int, float]]] = field(default_factory=list)
+    attention: list = field(default_factory=list)  # per token: (layers, heads, n) arrays
     finish_reason: str | None = None
 
 
@@ -101,6 +102,16 @@ class OpenAIServing:
                 c.finish_reason = "length"
             return choices, []
         sampling = SamplingParams(req.temperature, req.top_p, max(req.top_k, 0))
+        attention = None
+        if req.attention is not None:
+            attention = self.core.layer_head_indices(req.attention.layers, req.attention.heads)
+            layers, heads = attention
+            values = len(choices) * len(layers) * len(heads) * req.max_tokens * self.core.bundle.context_length
+            if values > self.core.settings.max_attention_values:
+                raise InputError(
+                    f"the answer could hold {values:,} attention weights, more than MAX_ATTENTION_VALUES="
+                    f"{self.core.settings.max_attention_values:,}; ask for fewer layers, heads, choices or tokens"
+                )
         params = [
             GenerationParams(
                 max_tokens=req.max_tokens,
@@ -109,6 +120,7 @@ class OpenAIServing:
                 seed=None if req.seed is None else (req.seed, c.index % req.n),
                 stop=req.stop_strings,
                 top_logprobs=req.logprobs or 0,
+                attention=attention,
             )
             for c in choices
         ]
@@ -186,6 +198,8 @@ class OpenAIServing:
         c.token_ids.append(step.token_id)
         c.logprobs.append(step.logprob)
         c.top.append(step.top)
+        if step.attention is not None:
+            c.attention.append(step.attention)
         c.finish_reason = step.finish_reason
 
     async def complete(self, req: CompletionRequest, rows: list[Row]) -> Completion:
@@ -207,8 +221,15 @@ class OpenAIServing:
             logprobs = None
             if req.logprobs is not None:
                 logprobs = self.completion_logprobs(c, len(prompt_text), echo)
+            extra = {"attention": [a.tolist() for a in c.attention]} if req.attention is not None else {}
             out.append(
-                Choice(index=c.index, text=prompt_text + c.text, logprobs=logprobs, finish_reason=c.finish_reason)
+                Choice(
+                    index=c.index,
+                    text=prompt_text + c.text,
+                    logprobs=logprobs,
+                    finish_reason=c.finish_reason,
+                    **extra,
+                )
             )
         return Completion(
             id=_completion_id(),
@@ -249,7 +270,7 @@ class OpenAIServing:
             }
             if include_usage:
                 body["usage"] = usage.model_dump() if usage else None
-            return b"data: " + orjson.dumps(body) + b"\n\n"
+            return b"data: " + orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n\n"
 
         queue: asyncio.Queue[tuple[ChoiceState, Step] | BaseException | None] = asyncio.Queue()
 
@@ -299,9 +320,10 @@ class OpenAIServing:
                         "top_logprobs": [self._top_dict(step.top)],
                         "text_offset": [offset],
                     }
-                yield chunk(
-                    [{"index": c.index, "text": step.text, "logprobs": logprobs, "finish_reason": step.finish_reason}]
-                )
+                event = {"index": c.index, "text": step.text, "logprobs": logprobs, "finish_reason": step.finish_reason}
+                if step.attention is not None:
+                    event["attention"] = step.attention  # (layers, heads, n): orjson writes the array
+                yield chunk([event])
             if include_usage:
                 yield chunk([], self._usage(rows, choices))
             yield b"data: [DONE]\n\n"
