@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from bundlespec import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -18,14 +19,6 @@ TRAIN_FRACTION = 0.9
 
 class CorpusError(RuntimeError):
     """The corpus is missing or is not the file we expect."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_corpus(source: str, cache_dir: Path, expected_sha256: str | None = TINY_SHAKESPEARE_SHA256) -> Path:
