@@ -10,6 +10,7 @@ import onnxruntime as ort
 import torch
 
 from bundlespec import GRAPHS, ONE_SHOT
+from bundlespec.padding import pad
 from export.graphs import wrap
 from model.transformer import AttentionLM
 
@@ -26,16 +27,6 @@ def random_batch(rng: np.random.Generator, vocab: int, context: int) -> tuple[np
     longest = int(rng.integers(1, context + 1))
     lengths = [longest] + [int(rng.integers(1, longest + 1)) for _ in range(batch - 1)]
     return *pad([rng.integers(0, vocab, n) for n in lengths]), lengths
-
-
-def pad(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad 1-D token rows into ids and mask (B, T)."""
-    ids = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return ids, mask
 
 
 def _session(bundle_dir: Path, name: str) -> ort.InferenceSession:

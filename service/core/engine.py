@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bundlespec import GRAPHS
+from bundlespec.padding import pad
 from service.core.bundle import Bundle
 from service.core.errors import BundleError, DeviceError
 
@@ -162,16 +163,6 @@ class Engine:
             },
         )
         return Decoded(logprobs, new_keys[:, :, :, 0], new_values[:, :, :, 0], attention)
-
-
-def pad(rows: Sequence[np.ndarray], min_length: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token rows into ids and attention_mask, both (B, T) int64, T at least min_length."""
-    ids = np.zeros((len(rows), max(min_length, *(len(r) for r in rows))), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return ids, mask
 
 
 def group_by_length(lengths: Sequence[int], max_padding: float) -> list[list[int]]:

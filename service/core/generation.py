@@ -65,7 +65,7 @@ class TextTracker:
     def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
-        self.ids: list[int] = []
+        self.ids: list[int] = []  # every token generated so far
         self.text = ""
         self.emitted = 0  # characters of text handed out
 
@@ -102,7 +102,6 @@ class GenerationStream:
         self.sampler = Sampler(params.sampling, params.seed)
         self.text = TextTracker(tokenizer, params.stop)
         self.reserved = len(prompt) + params.max_tokens  # cache tokens held while it runs
-        self.generated: list[int] = []
         self.keys: np.ndarray | None = None  # (L, nh, reserved, hs) once prefilled
         self.values: np.ndarray | None = None
         self.length = 0  # cache slots filled
@@ -338,7 +337,7 @@ class Scheduler:
             past_keys[b, :, :, : s.length] = s.keys[:, :, : s.length]
             past_values[b, :, :, : s.length] = s.values[:, :, : s.length]
             past_mask[b, : s.length] = 1
-        tokens = np.asarray([s.generated[-1] for s in streams], dtype=np.int64)
+        tokens = np.asarray([s.text.ids[-1] for s in streams], dtype=np.int64)
         positions = np.asarray([s.length for s in streams], dtype=np.int64)
         out = self.engine.decode(tokens, positions, past_keys, past_values, past_mask)
         steps = []
@@ -357,9 +356,8 @@ class Scheduler:
         """Choose the next token from logprobs (V,); the step the caller will read."""
         p = s.params
         token = s.sampler.choose(logprobs)
-        s.generated.append(token)
         text, stopped = s.text.add(token)
-        finish = "stop" if stopped else "length" if len(s.generated) >= p.max_tokens else None
+        finish = "stop" if stopped else "length" if len(s.text.ids) >= p.max_tokens else None
         if finish == "length":
             text += s.text.flush()
         s.exhausted = finish is not None

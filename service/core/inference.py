@@ -140,13 +140,13 @@ class InferenceCore:
             if bad:
                 raise InputError(f"{what}[{i}] has ids outside the vocabulary [0, {vocab}): {bad[:5]}")
 
-    def rows(self, encoded: Sequence[Sequence[int]], truncate: bool = False, room: int = 0) -> list[Row]:
-        """Check the inputs' count and lengths (room: tokens to leave free after each, for generation)."""
+    def rows(self, encoded: Sequence[Sequence[int]], truncate: bool = False) -> list[Row]:
+        """Check the inputs' count and lengths."""
         if len(encoded) > self.settings.max_texts_per_request:
             raise InputError(
                 f"{len(encoded)} inputs in one request; the limit is {self.settings.max_texts_per_request}"
             )
-        context = self.bundle.context_length - room
+        context = self.bundle.context_length
         out = []
         for i, ids in enumerate(encoded):
             if len(ids) > context and not truncate:
