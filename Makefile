@@ -47,7 +47,7 @@ model: $(VENV)/.dev
 # Triton for the benchmark's comparison column: PyTriton pins numpy 1.x, so it gets its own venv.
 .venv-triton/.ok:
 	$(PYTHON) -m venv .venv-triton
-	.venv-triton/bin/python -m pip --disable-pip-version-check -q install nvidia-pytriton==0.7.0 onnxruntime tokenizers
+	.venv-triton/bin/python -m pip --disable-pip-version-check -q install nvidia-pytriton==0.7.0 onnxruntime tokenizers pydantic
 	touch $@
 
 # Engine and serving benchmarks: rewrites BENCHMARKS.md and docs/bench/ (needs wrk: apt-get install wrk).

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.workload import load_prompts, request_bodies
+from loadtest.workload import kserve_bodies, load_prompts, request_bodies
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,6 +364,7 @@ def batch_totals(metrics: str, endpoint: str = "next_token") -> tuple[float, flo
 
 
 TRITON_VENV = ROOT / ".venv-triton"
+TRITON = "Triton (PyTriton), KServe v2"
 BASELINE_SERVER = [
     sys.executable,
     "-m",
@@ -395,7 +396,8 @@ def triton_server(bundle_dir: Path) -> tuple[list[str], dict[str, str]] | None:
     )
 
 
-def serving_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
+def serving_bench(bundle_dir: Path, seconds: float, work: Path, only: set[str] | None = None) -> dict:
+    """wrk against each server at each concurrency; `only` names a subset of the servers to run."""
     import httpx
 
     bodies = request_bodies("next-token")
@@ -414,29 +416,20 @@ def serving_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
             script,
         ),
     }
+    # The same KServe v2 request bytes, from the same wrk, for the service and for Triton.
+    v2_script = wrk_script(work, "/v2/models/next_token/infer", kserve_bodies())
+    servers["service, KServe v2"] = ([py, "-m", "service"], service_env, "/v2/models/next_token/ready", v2_script)
     triton = triton_server(bundle_dir)
     if triton is None:
         log.warning("no %s: the Triton column is left out (make bench creates it)", TRITON_VENV)
     else:
-        kserve = [
-            json.dumps(
-                {
-                    "inputs": [
-                        {"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": [json.loads(b)["texts"][0]]}
-                    ]
-                }
-            ).encode()
-            for b in bodies
-        ]
-        servers["Triton (PyTriton), dynamic batching"] = (
-            triton[0],
-            triton[1],
-            "/v2/models/attnserve/ready",
-            wrk_script(work, "/v2/models/attnserve/infer", kserve),
-        )
+        # Triton is ready before PyTriton has bound the model, so wait for the model itself.
+        servers[TRITON] = (triton[0], triton[1], "/v2/models/next_token/ready", v2_script)
     results: dict = {"servers": {}}
     constant_body = None
     for name, (argv, env, ready, script) in servers.items():
+        if only is not None and name not in only:
+            continue
         if name.startswith("bare"):
             env = {**env, "CONSTANT_BODY": constant_body or "{}"}
         server = Server(re.sub(r"\W+", "_", name), argv, env, work)
@@ -469,6 +462,105 @@ def serving_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
             server.stop()
     results["constant_body_bytes"] = len(constant_body or "")
     return results
+
+
+def payload_bench(bundle_dir: Path, work: Path, reps: int = 5) -> dict:
+    """A full-context attention answer (every layer and head), from one httpx client and one server:
+    attnserve's JSON (/v1/attention) against KServe v2 with JSON data and with binary tensors.
+
+    Time is what the client sees: the request, the transfer, and decoding into a float32 array.
+    """
+    import httpx
+
+    env = {"MODEL_DIR": str(bundle_dir), "DEVICE": "cpu", "LOG_LEVEL": "warning"}
+    server = Server("payload", [sys.executable, "-m", "service"], env, work)
+    text = " ".join(load_prompts()) * 4  # longer than the context: truncated to its last tokens
+    v2_input = {"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}
+
+    def native(client: httpx.Client) -> tuple[int, np.ndarray]:
+        r = client.post("/v1/attention", json={"texts": [text], "truncate": True})
+        r.raise_for_status()
+        return len(r.content), np.asarray(r.json()["results"][0]["attention"], dtype=np.float32)
+
+    def v2(binary: bool) -> Callable[[httpx.Client], tuple[int, np.ndarray]]:
+        body = {
+            "inputs": [v2_input],
+            "parameters": {"truncate": True},
+            "outputs": [{"name": "attention_weights", "parameters": {"binary_data": binary}}],
+        }
+
+        def call(client: httpx.Client) -> tuple[int, np.ndarray]:
+            r = client.post("/v2/models/attention/infer", json=body)
+            r.raise_for_status()
+            if binary:
+                n = int(r.headers["inference-header-content-length"])
+                out = json.loads(r.content[:n])["outputs"][0]
+                return len(r.content), np.frombuffer(r.content, np.float32, offset=n).reshape(out["shape"])[0]
+            out = r.json()["outputs"][0]
+            return len(r.content), np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])[0]
+
+        return call
+
+    forms = {"attnserve JSON (/v1/attention)": native, "KServe v2, JSON data": v2(False), "KServe v2, binary": v2(True)}
+    rows = []
+    try:
+        server.wait_ready("/readyz")
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            reference = None
+            for name, call in forms.items():
+                size, weights = call(client)  # warm-up, and the answer to compare
+                times = []
+                for _ in range(reps):
+                    started = time.perf_counter()
+                    call(client)
+                    times.append(time.perf_counter() - started)
+                reference = weights if reference is None else reference
+                rows.append(
+                    {
+                        "form": name,
+                        "bytes": size,
+                        "median_ms": statistics.median(times) * 1000,
+                        "values": int(weights.size),
+                        "max_abs_diff": float(np.abs(weights - reference).max()),
+                    }
+                )
+                log.info("payload %s: %d bytes, %.0f ms", name, size, rows[-1]["median_ms"])
+    finally:
+        server.stop()
+    return {"shape": list(reference.shape) if reference is not None else [], "reps": reps, "rows": rows}
+
+
+def payload_report(results: dict) -> list[str]:
+    payload = results.get("payload")
+    if not payload:
+        return []
+    rows = {r["form"]: r for r in payload["rows"]}
+    native, binary = rows["attnserve JSON (/v1/attention)"], rows["KServe v2, binary"]
+    out = [
+        "## Attention payloads: JSON against KServe v2 binary tensors",
+        "",
+        f"One full-context attention answer, every layer and head: {' x '.join(map(str, payload['shape']))} "
+        f"(layers x heads x query x key) = {native['values']:,} float32 weights. One httpx client, one server, "
+        f"median of {payload['reps']} after a warm-up; the time covers the request, the transfer and decoding "
+        "into a float32 numpy array on the client (`python -m loadtest.bench --only payload`).",
+        "",
+        "| form | bytes | client ms | largest difference from the JSON answer |",
+        "|---|---|---|---|",
+    ]
+    for r in payload["rows"]:
+        out.append(f"| {r['form']} | {r['bytes']:,} | {r['median_ms']:.0f} | {r['max_abs_diff']:.1e} |")
+    out += [
+        "",
+        f"Binary is {native['bytes'] / binary['bytes']:.1f}x smaller and "
+        f"{native['median_ms'] / binary['median_ms']:.1f}x faster end to end. "
+        + (
+            "All three forms decode to the same float32 values (JSON writes each weight's shortest float32 decimal)."
+            if all(r["max_abs_diff"] == 0 for r in payload["rows"])
+            else "The forms' values differ by the largest difference shown."
+        ),
+        "",
+    ]
+    return out
 
 
 def next_token_check(bundle_dir: Path, seconds: float, docs: Path, label: str) -> int:
@@ -590,15 +682,15 @@ def verdict(ok: bool) -> str:
 
 
 def triton_row(at: dict, top: int) -> str:
-    triton = at.get("Triton (PyTriton), dynamic batching")
-    if triton is None:
+    """Both servers on the same KServe v2 request bytes, from the same wrk."""
+    triton, ours = at.get(TRITON), at.get("service, KServe v2")
+    if triton is None or ours is None:
         return "| >= Triton's throughput at concurrency 64, equal or lower p99 | not measured (no .venv-triton) | - |"
-    dyn = at["service (dynamic batching)"]
-    ok = dyn[top]["rps"] >= triton[top]["rps"] and dyn[top]["p99_ms"] <= triton[top]["p99_ms"]
+    ok = ours[top]["rps"] >= triton[top]["rps"] and ours[top]["p99_ms"] <= triton[top]["p99_ms"]
     return (
-        f"| >= Triton's throughput at concurrency {top}, equal or lower p99 | {dyn[top]['rps']:.0f} vs "
-        f"{triton[top]['rps']:.0f} req/s ({dyn[top]['rps'] / triton[top]['rps']:.2f}x); p99 {dyn[top]['p99_ms']:.0f} "
-        f"vs {triton[top]['p99_ms']:.0f} ms | {verdict(ok)} |"
+        f"| >= Triton's throughput at concurrency {top} on the same v2 requests, equal or lower p99 | "
+        f"{ours[top]['rps']:.0f} vs {triton[top]['rps']:.0f} req/s ({ours[top]['rps'] / triton[top]['rps']:.2f}x); "
+        f"p99 {ours[top]['p99_ms']:.0f} vs {triton[top]['p99_ms']:.0f} ms | {verdict(ok)} |"
     )
 
 
@@ -673,9 +765,13 @@ def report(results: dict, docs: Path, notes: str) -> str:
         "",
         f"`POST /v1/next-token`, one prompt per request from `loadtest/prompts.txt` (short to long), "
         f"driven by wrk (one thread) for {results['seconds']:g} s per point after a warm-up. The constant server "
-        f"returns a fixed {serving['constant_body_bytes']}-byte next-token answer. Triton (through PyTriton, its "
-        "dynamic batcher at max_batch_size 32 and 2 ms queue delay, the same ONNX graph, tokenizer and session "
-        "options, in its own virtual environment) gets the same prompts as KServe v2 JSON.",
+        f"returns a fixed {serving['constant_body_bytes']}-byte next-token answer. The two KServe v2 rows get "
+        "the same request bytes from the same wrk: each prompt as a BYTES `text` input to "
+        "`/v2/models/next_token/infer`, with the top 5 from the classification extension. Triton runs through "
+        "PyTriton, its dynamic batcher at max_batch_size 32 and 2 ms queue delay, in its own virtual environment, "
+        "with the same ONNX graph, "
+        "tokenizer, session options, padding and length grouping as the service (`loadtest/triton_server.py`)"
+        + (f"; these two rows ran on {results['kserve_date']} (`--only kserve`)." if "kserve_date" in results else "."),
         "",
         "| server | clients | requests/s | p50 ms | p90 ms | p99 ms | errors | mean batch |",
         "|---|---|---|---|---|---|---|---|",
@@ -695,6 +791,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         f"service reaches {best_service / http_limit:.0%} of it.",
         "",
         *generation_report(results),
+        *payload_report(results),
         *refactor_report(docs),
         "## The load client against wrk",
         "",
@@ -808,7 +905,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "bench")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last results.json")
-    p.add_argument("--only", choices=["generation"], help="re-run one section and rewrite the report")
+    p.add_argument(
+        "--only",
+        choices=["generation", "payload", "kserve"],
+        help="re-run one section (kserve: the service and Triton on the same v2 requests) and rewrite the report",
+    )
     p.add_argument(
         "--next-token-only",
         metavar="LABEL",
@@ -820,9 +921,18 @@ def main(argv: list[str] | None = None) -> int:
     notes = notes_file.read_text() if notes_file.exists() else ""
     if args.next_token_only:
         return next_token_check(args.bundle, args.seconds, args.docs, args.next_token_only)
-    if args.only == "generation":
+    if args.only:
+        # One section again, into the last full run's results; the report says when each section ran.
         results = json.loads((args.docs / "results.json").read_text())
-        results["generation"] = generation_bench(args.bundle)
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.only == "generation":
+                results["generation"] = generation_bench(args.bundle)
+            elif args.only == "payload":
+                results["payload"] = payload_bench(args.bundle, Path(tmp))
+            else:
+                kserve = serving_bench(args.bundle, args.seconds, Path(tmp), only={"service, KServe v2", TRITON})
+                results["serving"]["servers"].update(kserve["servers"])
+                results["kserve_date"] = dt.date.today().isoformat()
         (args.docs / "results.json").write_text(json.dumps(results, indent=2))
         args.out.write_text(report(results, args.docs, notes))
         return 0
@@ -846,6 +956,7 @@ def main(argv: list[str] | None = None) -> int:
         results["client_check"] = client_check(5, work)
         results["serving"] = serving_bench(args.bundle, args.seconds, work)
         results["generation"] = generation_bench(args.bundle)
+        results["payload"] = payload_bench(args.bundle, work)
     results["wall_seconds"] = round(time.monotonic() - started)
     (args.docs / "results.json").write_text(json.dumps(results, indent=2))
     plot_engine(results["engine"], args.docs / "engine.png")

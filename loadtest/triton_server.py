@@ -4,10 +4,13 @@ Runs in its own virtual environment (PyTriton pins numpy 1.x), see loadtest/benc
 
     .venv-triton/bin/python -m loadtest.triton_server --bundle bundles/default --http-port 8010
 
-The model takes text, like the service, so that Triton's dynamic batcher can group requests of any
-length (tensors of different shapes cannot share a batch): input `text` BYTES [1], outputs
-`token_ids` INT64 [5] and `probs` FP32 [5]. Inside, the same tokenizer, the same padding and the
-same ONNX Runtime session options as the service.
+It serves the model as attnserve's KServe v2 API does, so that the benchmark sends both servers the
+same request bytes: model `next_token`, input `text` BYTES [-1, 1], output `next_token_logprobs`
+FP32 [-1, vocab], and the top 5 come from Triton's own classification extension. The model takes
+text, like the service, so that Triton's dynamic batcher can group requests of any length (tensors
+of different shapes cannot share a batch). Inside: the same tokenizer, the same session options,
+and the same padding and length grouping as the service (bundlespec.padding), so that the
+comparison is of the servers, not of how they pad.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 from tokenizers import Tokenizer
 
-TOP_K = 5
+from bundlespec.padding import group_by_length, pad
 
 
 def main() -> None:
@@ -35,10 +38,14 @@ def main() -> None:
     p.add_argument("--http-port", type=int, default=8010)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument(
+        "--max-padding", type=float, default=0.1, help="the service's BATCH_MAX_PADDING; inf pads to the longest row"
+    )
     args = p.parse_args()
 
     manifest = json.loads((args.bundle / "manifest.json").read_text())
-    context = manifest["context_length"]
+    context = manifest["architecture"]["context_length"]
+    vocab = manifest["architecture"]["vocab_size"]
     tokenizer = Tokenizer.from_file(str(args.bundle / "tokenizer.json"))
     # The service's session options (service/core/engine.py): all cores to intra-op work, sequential.
     opts = ort.SessionOptions()
@@ -52,27 +59,20 @@ def main() -> None:
 
     @batch
     def infer(text: np.ndarray) -> dict[str, np.ndarray]:
-        rows = [e.ids[-context:] for e in tokenizer.encode_batch([t[0].decode("utf-8") for t in text])]
-        longest = max(len(r) for r in rows)
-        ids = np.zeros((len(rows), longest), dtype=np.int64)
-        mask = np.zeros((len(rows), longest), dtype=np.int64)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = r
-            mask[i, : len(r)] = 1
-        (logprobs,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
-        top = np.argsort(-logprobs, axis=1)[:, :TOP_K]
-        return {"token_ids": top.astype(np.int64), "probs": np.exp(np.take_along_axis(logprobs, top, 1))}
+        rows = [np.array(e.ids[-context:]) for e in tokenizer.encode_batch([t[0].decode("utf-8") for t in text])]
+        out = np.empty((len(rows), vocab), dtype=np.float32)
+        for group in group_by_length([len(r) for r in rows], args.max_padding):
+            ids, mask = pad([rows[i] for i in group])
+            (out[group],) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+        return {"next_token_logprobs": out}
 
     config = TritonConfig(http_port=args.http_port, grpc_port=args.http_port + 1, metrics_port=args.http_port + 2)
     with Triton(config=config) as triton:
         triton.bind(
-            model_name="attnserve",
+            model_name="next_token",
             infer_func=infer,
             inputs=[Tensor(name="text", dtype=bytes, shape=(1,))],
-            outputs=[
-                Tensor(name="token_ids", dtype=np.int64, shape=(TOP_K,)),
-                Tensor(name="probs", dtype=np.float32, shape=(TOP_K,)),
-            ],
+            outputs=[Tensor(name="next_token_logprobs", dtype=np.float32, shape=(vocab,))],
             config=ModelConfig(
                 max_batch_size=args.max_batch_size,
                 batcher=DynamicBatcher(max_queue_delay_microseconds=args.max_queue_delay_us),

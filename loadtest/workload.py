@@ -29,3 +29,18 @@ def request_body(endpoint: str, prompt: str) -> dict:
 
 def request_bodies(endpoint: str, prompts: list[str] | None = None) -> list[bytes]:
     return [json.dumps(request_body(endpoint, p)).encode() for p in prompts or load_prompts()]
+
+
+def kserve_body(prompt: str, top_k: int = 5) -> dict:
+    """The KServe v2 form of a next-token request: the top k from the classification extension.
+
+    The benchmark sends these same bytes to the service and to Triton.
+    """
+    return {
+        "inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": [prompt]}],
+        "outputs": [{"name": "next_token_logprobs", "parameters": {"classification": top_k}}],
+    }
+
+
+def kserve_bodies(prompts: list[str] | None = None) -> list[bytes]:
+    return [json.dumps(kserve_body(p)).encode() for p in prompts or load_prompts()]

@@ -15,7 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import __version__
 from service.api import ops
+from service.api.kserve.routes import router as kserve
+from service.api.kserve.serving import V2Serving
 from service.api.native.routes import router as native
 from service.api.openai.routes import router as openai
 from service.api.openai.serving import OpenAIServing
@@ -41,6 +44,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
         core.start()
         app.state.core = core
         app.state.openai = OpenAIServing(core)
+        app.state.v2 = V2Serving(core)
         app.state.ready = True
         log.info("ready: serving %s on %s", loaded.name, core.provider)
         yield
@@ -52,7 +56,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     app = FastAPI(
         title="attnserve",
         summary="Next-token prediction, attention weights and generation from a self-attention language model.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.ready = False
@@ -60,7 +64,9 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.include_router(native)
     app.include_router(openai)
+    app.include_router(kserve)
     app.include_router(ops.router)
+
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes, state=app.state)
 
     @app.exception_handler(RequestValidationError)

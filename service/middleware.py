@@ -9,8 +9,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.openai.errors import error_response as openai_error
-from service.core.errors import DrainingError
+from service.api.kserve.routes import error_response as v2_error
+from service.api.openai.errors import plain_error as openai_error
 from service.metrics import Metrics
 from service.responses import error_response
 
@@ -19,6 +19,21 @@ log = logging.getLogger(__name__)
 REQUEST_ID = "x-request-id"
 # Paths whose errors take OpenAI's shape rather than attnserve's own.
 OPENAI_PATHS = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")
+DRAINING = "the server is shutting down; retry on another replica"
+
+
+def protocol_error(path: str, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> ASGIApp:
+    """An error answer in the shape of the protocol that the path belongs to."""
+    if path.startswith(OPENAI_PATHS):
+        return openai_error(status, kind, message, headers)
+    if path.startswith("/v2/"):
+        return v2_error(status, message, headers)
+    return error_response(status, kind, message, headers=headers)
+
+
+def takes_work(path: str) -> bool:
+    """Paths that run the model: refused while draining (probes, metrics and metadata keep answering)."""
+    return path.startswith(("/v1/", *OPENAI_PATHS)) or (path.startswith("/v2/models/") and path.endswith("/infer"))
 
 
 class RequestContext:
@@ -57,18 +72,11 @@ class RequestContext:
             await send(message)
 
         async def reply(code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
-            await error_response(code, kind, message, headers=headers)(scope, receive, send_with_id)
+            await protocol_error(path, code, kind, message, headers)(scope, receive, send_with_id)
 
         try:
-            if self.state.draining and path.startswith(OPENAI_PATHS):
-                await openai_error(DrainingError("the server is shutting down; retry on another replica"))(
-                    scope, receive, send_with_id
-                )
-                return
-            if self.state.draining and path.startswith("/v1/"):
-                await reply(
-                    503, "draining", "the server is shutting down; retry on another replica", {"Retry-After": "1"}
-                )
+            if self.state.draining and takes_work(path):
+                await reply(503, "draining", DRAINING, {"Retry-After": "1"})
                 return
             body_or_none = await self._read_body(headers, receive)
             if body_or_none is None:

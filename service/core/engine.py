@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bundlespec import GRAPHS
-from bundlespec.padding import pad
+from bundlespec.padding import group_by_length, pad
 from service.core.bundle import Bundle
 from service.core.errors import BundleError, DeviceError
 
@@ -163,24 +163,3 @@ class Engine:
             },
         )
         return Decoded(logprobs, new_keys[:, :, :, 0], new_values[:, :, :, 0], attention)
-
-
-def group_by_length(lengths: Sequence[int], max_padding: float) -> list[list[int]]:
-    """Split a batch into groups of row indices whose padding stays small.
-
-    Padding every row to the batch's longest wastes most of the work when short and long inputs
-    arrive together (a 250-token prompt pads thirty 10-token ones to 250). Rows are taken longest
-    first; a group closes when adding the next row would make its padded size exceed
-    (1 + max_padding) times its real tokens. max_padding=inf gives one group (plain padding).
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    real = 0
-    for i in order:
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= (1 + max_padding) * (real + lengths[i]):
-            groups[-1].append(i)
-            real += lengths[i]
-        else:
-            groups.append([i])
-            real = lengths[i]
-    return groups

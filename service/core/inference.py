@@ -171,13 +171,16 @@ class InferenceCore:
 
     # -- the jobs --------------------------------------------------------------------------------
 
+    async def next_token_logprobs(self, rows: list[Row], temperature: float = 1.0) -> list[np.ndarray]:
+        """Each row's next-token log-probabilities over the whole vocabulary, (vocab,) float64."""
+        outputs = await self._run("next_token", rows)
+        return [log_softmax(logprobs, temperature) for logprobs in outputs]
+
     async def next_token(self, rows: list[Row], top_k: int, temperature: float = 1.0) -> list[NextTokens]:
         if top_k > self.bundle.vocab_size:
             raise InputError(f"top_k={top_k} is larger than the vocabulary ({self.bundle.vocab_size})")
-        outputs = await self._run("next_token", rows)
         results = []
-        for row, logprobs in zip(rows, outputs, strict=True):
-            lp = log_softmax(logprobs, temperature)
+        for row, lp in zip(rows, await self.next_token_logprobs(rows, temperature), strict=True):
             top = top_indices(lp, top_k)
             results.append(NextTokens(row, top, lp[top]))
         return results

@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from bundlespec.padding import group_by_length
 from service.core.bundle import load_bundle
-from service.core.engine import Engine, group_by_length
+from service.core.engine import Engine
 
 
 def test_groups_cover_every_row_once_and_bound_the_padding():

@@ -52,6 +52,12 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] 
     return 500, _body("internal error; see the server log", "server_error"), None
 
 
+def plain_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error that no exception stands for (the middleware's: draining, a body over the limit)."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse(_body(message, kind, None, code), status_code=status, headers=headers)
+
+
 def error_response(exc: BaseException) -> JSONResponse:
     status, body, headers = error_body(exc)
     return JSONResponse(body, status_code=status, headers=headers)

@@ -1,0 +1,186 @@
+"""The Open Inference Protocol (KServe v2) routes, as Triton serves them, with the protocol's error shape.
+
+Errors are {"error": "message"}: 400 for a request the model cannot take, 404 for an unknown model
+or version, 503 with Retry-After when overloaded or draining, 504 past REQUEST_TIMEOUT_S.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+from service.api.kserve.codec import HEADER_LENGTH, InferRequestHeader, V2Error, decompress, parse_request
+from service.api.kserve.serving import MODELS, V2Model, V2Serving
+from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(exc: BaseException) -> tuple[int, str, dict[str, str] | None]:
+    """Status, message and headers for an exception raised while answering a v2 request."""
+    retry = {"Retry-After": "1"}
+    if isinstance(exc, V2Error | InputError):
+        return 400, str(exc), None
+    if isinstance(exc, RequestValidationError):
+        return 400, "; ".join(str(e.get("msg", "")) for e in exc.errors()[:5]), None
+    if isinstance(exc, LookupError):
+        return 404, str(exc.args[0] if exc.args else exc), None
+    if isinstance(exc, QueueFullError | DrainingError):
+        return 503, str(exc), retry
+    if isinstance(exc, InferenceTimeoutError):
+        return 504, str(exc), None
+    if isinstance(exc, HTTPException):
+        return exc.status_code, str(exc.detail), getattr(exc, "headers", None)
+    log.error("unhandled error in a KServe v2 route", exc_info=exc)
+    return 500, "internal error; see the server log", None
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"error": message}), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+class V2Route(APIRoute):
+    """Answers every error a handler raises in the protocol's own shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as e:
+                return error_response(*error_body(e))
+
+        return handle
+
+
+async def get_v2(request: Request) -> V2Serving:
+    return request.app.state.v2
+
+
+V2 = Annotated[V2Serving, Depends(get_v2)]
+ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A request the model cannot take; the message says why", **ERROR},
+    404: {"description": "Unknown model or version", **ERROR},
+    503: {"description": "Starting, overloaded or draining; see Retry-After", **ERROR},
+}
+router = APIRouter(prefix="/v2", tags=["kserve-v2"], route_class=V2Route, responses=ERRORS)
+
+
+def _ready(request: Request) -> bool:
+    state = request.app.state
+    return bool(state.ready and not state.draining)
+
+
+@router.get("")
+async def server_metadata(s: V2) -> dict[str, Any]:
+    """The server's name, version and the protocol extensions it supports."""
+    return s.server_metadata()
+
+
+EMPTY: dict[int | str, dict[str, Any]] = {200: {"description": "Yes (no body)", "content": {}}}
+ModelName = Annotated[str, Path(examples=list(MODELS))]
+
+
+@router.get("/health/live", response_class=Response, responses=EMPTY)
+async def live() -> Response:
+    """200 while the process answers."""
+    return Response(status_code=200)
+
+
+@router.get("/health/ready", response_class=Response, responses=EMPTY)
+async def ready(request: Request) -> Response:
+    """200 once the models are loaded and warmed up; 503 while starting or draining."""
+    return Response(status_code=200 if _ready(request) else 503)
+
+
+@router.post("/repository/index")
+async def repository_index(s: V2) -> list[dict[str, str]]:
+    """The models on this server (read-only: models are not loaded or unloaded at run time)."""
+    return [{"name": name, "version": s.version, "state": "READY"} for name in s.models()]
+
+
+models = APIRouter(route_class=V2Route)
+
+
+async def get_model(request: Request, name: ModelName, s: V2) -> V2Model:
+    """The model the path names, at the version it names when it names one (else 404)."""
+    return s.model(name, request.path_params.get("version"))
+
+
+async def _version(version: Annotated[str, Path(examples=["1"])]) -> None:
+    """Declares the path's version for the OpenAPI document; get_model reads and checks it."""
+
+
+Model = Annotated[V2Model, Depends(get_model)]
+
+
+@models.get("")
+async def model_metadata(m: Model, s: V2) -> dict[str, Any]:
+    """A model's inputs and outputs with their datatypes and shapes (-1: variable)."""
+    return s.model_metadata(m)
+
+
+@models.get("/config")
+async def model_config(m: Model, s: V2) -> dict[str, Any]:
+    """Triton's model configuration: inputs (all optional; give text or input_ids), outputs, batching."""
+    return s.model_config(m)
+
+
+@models.get("/ready", response_class=Response, responses=EMPTY)
+async def model_ready(m: Model, request: Request) -> Response:
+    """200 when the model can take requests."""
+    return Response(status_code=200 if _ready(request) else 503)
+
+
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    """The schema with its $defs references written out, so that it stands alone in the OpenAPI document."""
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inline(defs[schema["$ref"].rsplit("/", 1)[1]], defs)
+        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs) for v in schema]
+    return schema
+
+
+_schema = InferRequestHeader.model_json_schema()
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inline(_schema, _schema.get("$defs", {}))},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "The JSON header (Inference-Header-Content-Length bytes), then the binary inputs",
+            },
+        },
+    }
+}
+
+
+@models.post("/infer", openapi_extra=INFER_BODY)
+async def infer(m: Model, request: Request, s: V2) -> Response:
+    """Run a model on JSON or binary tensors (the binary tensor data extension)."""
+    body = decompress(await request.body(), request.headers.get("content-encoding"), s.core.settings.max_body_bytes)
+    parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+    content, header_length = await s.infer(m, parsed)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(header_length)}
+    )
+
+
+router.include_router(models, prefix="/models/{name}")
+router.include_router(models, prefix="/models/{name}/versions/{version}", dependencies=[Depends(_version)])

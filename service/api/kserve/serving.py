@@ -1,0 +1,385 @@
+"""attnserve's jobs as Open Inference Protocol (KServe v2) models, on the protocol-neutral core.
+
+One v2 model per job: `next_token`, `attention` and `score`. Each is one ONNX graph behind one
+dynamic batcher, with a fixed set of outputs, which is what a Triton model is; a Triton user reads
+each model's metadata and knows what comes back, and each model batches with the native route of
+the same job. (One model whose requested outputs chose the graph would make the metadata list
+outputs that cannot come together, and mix batchers behind one name.)
+
+Every model takes the same inputs: `text` BYTES [-1] (or [-1, 1]), or `input_ids` INT64 [-1, -1]
+with an optional `attention_mask` INT64 [-1, -1] (the tokens where it is 1 are the row's, so left
+and right padding both work). Rows of a batch answer come padded to the longest row, with
+`lengths` saying how many tokens each row has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service import __version__
+from service.api.kserve.codec import BYTES, InferRequest, Output, Tensor, V2Error, encode_response
+from service.core.errors import InputError
+from service.core.inference import InferenceCore, Row
+
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "parameters"]
+PLATFORM = "onnxruntime_onnx"
+PAD_ID = -1  # token_ids padding: never a real token
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    datatype: str
+    shape: list[int]
+    description: str
+    optional: bool = False
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: type  # bool, int, float or str
+    description: str
+
+
+@dataclass(frozen=True)
+class V2Model:
+    name: str
+    description: str
+    outputs: list[TensorMeta]
+    params: list[Param]
+    run: Callable[[InferenceCore, list[Row], dict[str, Any], set[str]], Awaitable[list[Output]]]
+    classified: str | None = None  # the output that the classification extension applies to
+
+
+def input_metas() -> list[TensorMeta]:
+    return [
+        TensorMeta("text", BYTES, [-1], "UTF-8 texts, one per row (shape [-1] or [-1, 1])", optional=True),
+        TensorMeta("input_ids", "INT64", [-1, -1], "token ids, one row per input, instead of text", optional=True),
+        TensorMeta("attention_mask", "INT64", [-1, -1], "1 for the row's tokens, 0 for padding", optional=True),
+    ]
+
+
+COMMON_PARAMS = [Param("truncate", bool, "keep the last context_length tokens of a longer input instead of a 400")]
+
+
+def _lengths(rows: list[Row]) -> Output:
+    return Output("lengths", "INT64", np.array([len(r.ids) for r in rows], dtype=np.int64), (len(rows),))
+
+
+def _token_ids(rows: list[Row], width: int) -> Output:
+    ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r.ids)] = r.ids
+    return Output("token_ids", "INT64", ids, ids.shape)
+
+
+async def _next_token(core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str]) -> list[Output]:
+    temperature = params.get("temperature", 1.0)
+    if not 1e-3 <= temperature <= 100:
+        raise V2Error(f"parameter 'temperature' must be between 0.001 and 100, not {temperature}")
+    logprobs = np.stack(await core.next_token_logprobs(rows, temperature)).astype(np.float32)
+    return [Output("next_token_logprobs", "FP32", logprobs, logprobs.shape), _lengths(rows)]
+
+
+async def _attention(core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str]) -> list[Output]:
+    layers, heads = (_index_list(params.get(p), p) for p in ("layers", "heads"))
+    maps = await core.attention(rows, layers, heads)
+    width = max(len(r.ids) for r in rows)
+    layers_, heads_ = maps[0].layers, maps[0].heads
+    out = [_lengths(rows), _token_ids(rows, width)]
+    out.append(Output("layers", "INT64", np.array(layers_, dtype=np.int64), (len(layers_),)))
+    out.append(Output("heads", "INT64", np.array(heads_, dtype=np.int64), (len(heads_),)))
+    if "attention_weights" in wanted:
+        weights = np.zeros((len(rows), len(layers_), len(heads_), width, width), dtype=np.float32)
+        for i, m in enumerate(maps):
+            n = len(m.row.ids)
+            weights[i, :, :, :n, :n] = m.weights
+        out.insert(0, Output("attention_weights", "FP32", weights, weights.shape))
+    return out
+
+
+async def _score(core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str]) -> list[Output]:
+    scores = await core.score(rows)
+    width = max(len(r.ids) for r in rows)
+    logprobs = np.zeros((len(rows), max(width - 1, 0)), dtype=np.float32)
+    for i, s in enumerate(scores):
+        logprobs[i, : len(s.logprobs)] = s.logprobs
+    return [Output("token_logprobs", "FP32", logprobs, logprobs.shape), _lengths(rows), _token_ids(rows, width)]
+
+
+def _index_list(value: Any, name: str) -> list[int] | None:
+    """v2 parameters are scalars, so a list of indices comes as an int or as "0,2,3"."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return [value]
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError as e:
+        raise V2Error(
+            f'parameter {name!r} must be an index or comma-separated indices like "0,2", not {value!r}'
+        ) from e
+
+
+LENGTHS = TensorMeta("lengths", "INT64", [-1], "tokens in each row (after truncation)")
+TOKEN_IDS = TensorMeta("token_ids", "INT64", [-1, -1], f"each row's tokens, padded with {PAD_ID}")
+
+MODELS: dict[str, V2Model] = {
+    m.name: m
+    for m in (
+        V2Model(
+            "next_token",
+            "log-probabilities of the next token after each row",
+            [
+                TensorMeta("next_token_logprobs", "FP32", [-1, -2], "log p(next token) over the vocabulary"),
+                LENGTHS,
+            ],
+            [*COMMON_PARAMS, Param("temperature", float, "softmax temperature (0.001 to 100)")],
+            _next_token,
+            classified="next_token_logprobs",
+        ),
+        V2Model(
+            "attention",
+            "softmax attention weights per layer and head, aligned to each row's tokens",
+            [
+                TensorMeta(
+                    "attention_weights",
+                    "FP32",
+                    [-1, -1, -1, -1, -1],
+                    "[row, layer, head, query, key]: each real query row sums to 1; keys after the query are 0",
+                ),
+                LENGTHS,
+                TOKEN_IDS,
+                TensorMeta("layers", "INT64", [-1], "the layer index of each entry of the layer axis"),
+                TensorMeta("heads", "INT64", [-1], "the head index of each entry of the head axis"),
+            ],
+            [
+                *COMMON_PARAMS,
+                Param("layers", str, 'layer indices, as an int or "0,2"; all by default'),
+                Param("heads", str, 'head indices, as an int or "0,2"; all by default'),
+            ],
+            _attention,
+        ),
+        V2Model(
+            "score",
+            "log p(token t+1 | tokens <= t) for each row",
+            [
+                TensorMeta("token_logprobs", "FP32", [-1, -1], "[row, position]: lengths - 1 values per row, then 0"),
+                LENGTHS,
+                TOKEN_IDS,
+            ],
+            COMMON_PARAMS,
+            _score,
+        ),
+    )
+}
+
+# Parameters that tritonclient or the protocol itself sends; handled here, never passed on.
+PROTOCOL_PARAMS = {"binary_data_output"}
+
+
+class V2Serving:
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+
+    @property
+    def version(self) -> str:
+        return self.core.bundle.version
+
+    def models(self) -> list[str]:
+        return list(MODELS)
+
+    def model(self, name: str, version: str | None = None) -> V2Model:
+        m = MODELS.get(name)
+        if m is None:
+            raise LookupError(f"unknown model {name!r}; this server has {', '.join(MODELS)}")
+        if version not in (None, "", self.version):
+            raise LookupError(f"model {name!r} has no version {version!r}; it has version {self.version!r}")
+        return m
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "attnserve", "version": __version__, "extensions": EXTENSIONS}
+
+    def _shape(self, shape: list[int]) -> list[int]:
+        # -2 in a declared shape stands for the vocabulary size, known only once a bundle is loaded.
+        return [self.core.bundle.vocab_size if d == -2 else d for d in shape]
+
+    def model_metadata(self, m: V2Model) -> dict[str, Any]:
+        return {
+            "name": m.name,
+            "versions": [self.version],
+            "platform": PLATFORM,
+            "inputs": [t.metadata() for t in input_metas()],
+            "outputs": [{**t.metadata(), "shape": self._shape(t.shape)} for t in m.outputs],
+        }
+
+    def model_config(self, m: V2Model) -> dict[str, Any]:
+        """Triton's model configuration, so that tools that read it (and people) see the batching."""
+        s = self.core.settings
+        return {
+            "name": m.name,
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "version_policy": {"specific": {"versions": [self.version]}},
+            # Rows carry their own batch axis, so the config states no implicit one (as max_batch_size 0 does).
+            "max_batch_size": 0,
+            "input": [
+                {
+                    "name": t.name,
+                    "data_type": f"TYPE_{'STRING' if t.datatype == BYTES else t.datatype}",
+                    "dims": t.shape,
+                    "optional": t.optional,
+                }
+                for t in input_metas()
+            ],
+            "output": [
+                {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": self._shape(t.shape)} for t in m.outputs
+            ],
+            "dynamic_batching": {
+                "max_queue_delay_microseconds": int(s.max_batch_delay_ms * 1000),
+                "preferred_batch_size": [s.max_batch_size],
+                "default_queue_policy": {"max_queue_size": s.max_queue_rows},
+            },
+            "parameters": {p.name: {"string_value": p.description} for p in m.params},
+            "description": m.description,
+        }
+
+    async def infer(self, m: V2Model, request: InferRequest) -> tuple[bytes, int | None]:
+        header = request.header
+        params = self._params(m, header.parameters)
+        rows = self._rows(request.inputs, params.get("truncate", False))
+        wanted, binary, classify = self._outputs(m, header)
+        outputs = [o for o in await m.run(self.core, rows, params, set(wanted)) if o.name in wanted]
+        if classify:
+            outputs = [self._classify(o, classify[o.name]) if o.name in classify else o for o in outputs]
+        outputs.sort(key=lambda o: list(wanted).index(o.name))
+        return encode_response(m.name, self.version, header.id, outputs, binary)
+
+    def _params(self, m: V2Model, given: dict[str, Any]) -> dict[str, Any]:
+        known = {p.name: p for p in m.params}
+        out = {}
+        for name, value in given.items():
+            if name in PROTOCOL_PARAMS:
+                continue
+            p = known.get(name)
+            if p is None:
+                raise V2Error(f"unknown parameter {name!r} for model {m.name!r}; it takes {', '.join(known) or 'none'}")
+            ok = (
+                isinstance(value, bool)
+                if p.kind is bool
+                else (isinstance(value, int | float) and not isinstance(value, bool))
+                if p.kind is float
+                else (isinstance(value, str | int) and not isinstance(value, bool))
+            )
+            if not ok:
+                raise V2Error(f"parameter {name!r} has the wrong type ({type(value).__name__}): {p.description}")
+            out[name] = value
+        return out
+
+    def _rows(self, inputs: dict[str, Tensor], truncate: bool) -> list[Row]:
+        known = {t.name: t for t in input_metas()}
+        for name, t in inputs.items():
+            meta = known.get(name)
+            if meta is None:
+                raise V2Error(f"unknown input {name!r}; the inputs are {', '.join(known)}")
+            if t.datatype != meta.datatype:
+                raise V2Error(f"input {name!r} has datatype {t.datatype}; it must be {meta.datatype}")
+        text, ids, mask = inputs.get("text"), inputs.get("input_ids"), inputs.get("attention_mask")
+        if (text is None) == (ids is None):
+            raise V2Error("give exactly one of the inputs 'text' or 'input_ids'")
+        core = self.core
+        try:
+            if text is not None:
+                if mask is not None:
+                    raise V2Error("attention_mask goes with input_ids, not with text")
+                if len(text.shape) not in (1, 2) or (len(text.shape) == 2 and text.shape[1] != 1):
+                    raise V2Error(f"input 'text' must have shape [rows] or [rows, 1], not {list(text.shape)}")
+                encoded = core.encode(_texts(text))
+            else:
+                assert ids is not None
+                encoded = _id_rows(ids, mask)
+                core.check_ids(encoded, "input_ids")
+            if not encoded:
+                raise V2Error("the request has no rows")
+            if any(len(e) == 0 for e in encoded):
+                raise V2Error("every row needs at least one token")
+            return core.rows(encoded, truncate)
+        except InputError as e:
+            raise V2Error(str(e)) from e
+
+    def _outputs(self, m: V2Model, header: Any) -> tuple[dict[str, None], dict[str, bool], dict[str, int]]:
+        """The outputs asked for, in order; which go binary; which are classified, with their k."""
+        names = [t.name for t in m.outputs]
+        default_binary = header.parameters.get("binary_data_output", False)
+        if not isinstance(default_binary, bool):
+            raise V2Error("parameter 'binary_data_output' must be true or false")
+        if header.outputs is None:
+            return dict.fromkeys(names), dict.fromkeys(names, default_binary), {}
+        wanted: dict[str, None] = {}
+        binary: dict[str, bool] = {}
+        classify: dict[str, int] = {}
+        for o in header.outputs:
+            if o.name not in names:
+                raise V2Error(f"unknown output {o.name!r} for model {m.name!r}; its outputs are {', '.join(names)}")
+            if o.name in wanted:
+                raise V2Error(f"output {o.name!r} is asked for twice")
+            wanted[o.name] = None
+            b = o.parameters.get("binary_data", default_binary)
+            if not isinstance(b, bool):
+                raise V2Error(f"output {o.name!r}: binary_data must be true or false")
+            binary[o.name] = b
+            k = o.parameters.get("classification")
+            if k is not None:
+                if o.name != m.classified:
+                    raise V2Error(
+                        f"classification applies to {m.classified or 'no output of this model'}, not {o.name!r}"
+                    )
+                if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.core.bundle.vocab_size:
+                    raise V2Error(f"classification must be a count from 1 to {self.core.bundle.vocab_size}, not {k!r}")
+                classify[o.name] = k
+            unknown = set(o.parameters) - {"binary_data", "classification"}
+            if unknown:
+                raise V2Error(f"output {o.name!r} has unknown parameters {sorted(unknown)}")
+        return wanted, binary, classify
+
+    def _classify(self, o: Output, k: int) -> Output:
+        """Triton's classification extension: the top k of each row as "value:index:label", best first."""
+        values = np.asarray(o.value)
+        top = np.argsort(-values, axis=1, kind="stable")[:, :k]
+        text = self.core.token_text
+        items = [f"{str(values[i, j])}:{j}:{text[j]}".encode() for i in range(values.shape[0]) for j in top[i].tolist()]
+        return Output(o.name, BYTES, items, (values.shape[0], k))
+
+
+def _texts(t: Tensor) -> list[str]:
+    assert isinstance(t.value, list)
+    out = []
+    for i, raw in enumerate(t.value):
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise V2Error(f"input 'text' element {i} is not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    return out
+
+
+def _id_rows(ids: Tensor, mask: Tensor | None) -> list[list[int]]:
+    assert isinstance(ids.value, np.ndarray)
+    if len(ids.shape) != 2:
+        raise V2Error(f"input 'input_ids' must have shape [rows, tokens], not {list(ids.shape)}")
+    if mask is None:
+        return ids.value.tolist()
+    assert isinstance(mask.value, np.ndarray)
+    if mask.shape != ids.shape:
+        raise V2Error(f"attention_mask has shape {list(mask.shape)} but input_ids has {list(ids.shape)}")
+    if not np.isin(mask.value, (0, 1)).all():
+        raise V2Error("attention_mask must hold only 0 and 1")
+    keep = mask.value.astype(bool)
+    return [row[k].tolist() for row, k in zip(ids.value, keep, strict=True)]
