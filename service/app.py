@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
@@ -31,6 +33,7 @@ from service.responses import error_response
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+WEB_DIR = Path(__file__).resolve().parent / "web"
 
 
 def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
@@ -47,6 +50,8 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
         app.state.v2 = V2Serving(core)
         app.state.ready = True
         log.info("ready: serving %s on %s", loaded.name, core.provider)
+        host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+        log.info("attention explorer: http://%s:%d/explorer/", host, settings.port)
         yield
         app.state.ready = False
         app.state.draining = True
@@ -66,6 +71,13 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     app.include_router(openai)
     app.include_router(kserve)
     app.include_router(ops.router)
+    # The attention explorer: static files, no build step; the root leads to it.
+    app.mount("/explorer", StaticFiles(directory=WEB_DIR, html=True), name="explorer")
+
+    @app.get("/", include_in_schema=False)
+    async def root(request: Request) -> RedirectResponse:
+        query = request.url.query  # a shared link to the root keeps its view
+        return RedirectResponse("/explorer/" + (f"?{query}" if query else ""))
 
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes, state=app.state)
 
