@@ -396,53 +396,20 @@ def triton_server(bundle_dir: Path) -> tuple[list[str], dict[str, str]] | None:
     )
 
 
-def serving_bench(bundle_dir: Path, seconds: float, work: Path, only: set[str] | None = None) -> dict:
-    """wrk against each server at each concurrency; `only` names a subset of the servers to run."""
-    import httpx
+Servers = dict[str, tuple[list[str], dict[str, str], str, Path]]  # name: (command, environment, ready path, wrk)
 
-    bodies = request_bodies("next-token")
-    script = wrk_script(work, "/v1/next-token", bodies)
-    py = sys.executable
-    service_env = {"MODEL_DIR": str(bundle_dir), "DEVICE": "cpu", "LOG_LEVEL": "warning"}
-    # name: (command, environment, readiness path, wrk script)
-    servers = {
-        "service (dynamic batching)": ([py, "-m", "service"], service_env, "/readyz", script),
-        "service, MAX_BATCH_SIZE=1": ([py, "-m", "service"], {**service_env, "MAX_BATCH_SIZE": "1"}, "/readyz", script),
-        "bare FastAPI, constant body": (BASELINE_SERVER, {"BASELINE": "constant"}, "/healthz", script),
-        "naive PyTorch server": (
-            BASELINE_SERVER,
-            {"BASELINE": "naive", "MODEL_DIR": str(bundle_dir)},
-            "/healthz",
-            script,
-        ),
-    }
-    # The same KServe v2 request bytes, from the same wrk, for the service and for Triton.
-    v2_script = wrk_script(work, "/v2/models/next_token/infer", kserve_bodies())
-    servers["service, KServe v2"] = ([py, "-m", "service"], service_env, "/v2/models/next_token/ready", v2_script)
-    triton = triton_server(bundle_dir)
-    if triton is None:
-        log.warning("no %s: the Triton column is left out (make bench creates it)", TRITON_VENV)
-    else:
-        # Triton is ready before PyTriton has bound the model, so wait for the model itself.
-        servers[TRITON] = (triton[0], triton[1], "/v2/models/next_token/ready", v2_script)
-    results: dict = {"servers": {}}
-    constant_body = None
+
+def drive(servers: Servers, seconds: float, work: Path) -> dict[str, list[dict]]:
+    """Each server in turn, alone on the machine: wrk at each concurrency after a warm-up."""
+    out = {}
     for name, (argv, env, ready, script) in servers.items():
-        if only is not None and name not in only:
-            continue
-        if name.startswith("bare"):
-            env = {**env, "CONSTANT_BODY": constant_body or "{}"}
         server = Server(re.sub(r"\W+", "_", name), argv, env, work)
         try:
             server.wait_ready(ready)
-            if constant_body is None:
-                constant_body = httpx.post(
-                    server.url + "/v1/next-token", content=bodies[0], headers={"content-type": "application/json"}
-                ).text
             run_wrk(server.url, script, 16, 2)  # warm-up
             points = []
             for c in CONCURRENCY:
-                before = batch_totals(server.metrics()) if name.startswith("service (") else None
+                before = batch_totals(server.metrics()) if name.startswith("service") else None
                 point = run_wrk(server.url, script, c, seconds)
                 log.info(
                     "%s c=%d: %.1f rps, p50 %.1f ms, p99 %.1f ms, errors %d",
@@ -457,11 +424,74 @@ def serving_bench(bundle_dir: Path, seconds: float, work: Path, only: set[str] |
                 if before is not None:
                     after = batch_totals(server.metrics())
                     point["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
-            results["servers"][name] = points
+            out[name] = points
         finally:
             server.stop()
-    results["constant_body_bytes"] = len(constant_body or "")
-    return results
+    return out
+
+
+def service_env(bundle_dir: Path) -> dict[str, str]:
+    return {"MODEL_DIR": str(bundle_dir), "DEVICE": "cpu", "LOG_LEVEL": "warning"}
+
+
+def serving_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
+    """The service against MAX_BATCH_SIZE=1, the HTTP layer alone and a naive PyTorch server."""
+    import httpx
+
+    bodies = request_bodies("next-token")
+    script = wrk_script(work, "/v1/next-token", bodies)
+    py = sys.executable
+    env = service_env(bundle_dir)
+    # The constant server answers with a real answer of the service, of the size the service sends.
+    first = Server("constant_source", [py, "-m", "service"], env, work)
+    try:
+        first.wait_ready("/readyz")
+        constant_body = httpx.post(
+            first.url + "/v1/next-token", content=bodies[0], headers={"content-type": "application/json"}
+        ).text
+    finally:
+        first.stop()
+    servers: Servers = {
+        "service (dynamic batching)": ([py, "-m", "service"], env, "/readyz", script),
+        "service, MAX_BATCH_SIZE=1": ([py, "-m", "service"], {**env, "MAX_BATCH_SIZE": "1"}, "/readyz", script),
+        "bare FastAPI, constant body": (
+            BASELINE_SERVER,
+            {"BASELINE": "constant", "CONSTANT_BODY": constant_body},
+            "/healthz",
+            script,
+        ),
+        "naive PyTorch server": (
+            BASELINE_SERVER,
+            {"BASELINE": "naive", "MODEL_DIR": str(bundle_dir)},
+            "/healthz",
+            script,
+        ),
+    }
+    return {"servers": drive(servers, seconds, work), "constant_body_bytes": len(constant_body)}
+
+
+def kserve_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
+    """The service and Triton on the same KServe v2 request bytes from the same wrk, with the
+    service's native route on the same prompts for reference, all in one run."""
+    py = sys.executable
+    env = service_env(bundle_dir)
+    v2_script = wrk_script(work, "/v2/models/next_token/infer", kserve_bodies())
+    servers: Servers = {
+        "service, native /v1/next-token": (
+            [py, "-m", "service"],
+            env,
+            "/readyz",
+            wrk_script(work, "/v1/next-token", request_bodies("next-token")),
+        ),
+        "service, KServe v2": ([py, "-m", "service"], env, "/v2/models/next_token/ready", v2_script),
+    }
+    triton = triton_server(bundle_dir)
+    if triton is None:
+        log.warning("no %s: the Triton column is left out (make bench creates it)", TRITON_VENV)
+    else:
+        # Triton is ready before PyTriton has bound the model, so wait for the model itself.
+        servers[TRITON] = (triton[0], triton[1], "/v2/models/next_token/ready", v2_script)
+    return {"date": dt.date.today().isoformat(), "seconds": seconds, "servers": drive(servers, seconds, work)}
 
 
 def payload_bench(bundle_dir: Path, work: Path, reps: int = 5) -> dict:
@@ -681,8 +711,10 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
-def triton_row(at: dict, top: int) -> str:
+def triton_row(results: dict, top: int) -> str:
     """Both servers on the same KServe v2 request bytes, from the same wrk."""
+    servers = results.get("kserve", {}).get("servers", {})
+    at = {name: {p["concurrency"]: p for p in pts} for name, pts in servers.items()}
     triton, ours = at.get(TRITON), at.get("service, KServe v2")
     if triton is None or ours is None:
         return "| >= Triton's throughput at concurrency 64, equal or lower p99 | not measured (no .venv-triton) | - |"
@@ -692,6 +724,35 @@ def triton_row(at: dict, top: int) -> str:
         f"{ours[top]['rps']:.0f} vs {triton[top]['rps']:.0f} req/s ({ours[top]['rps'] / triton[top]['rps']:.2f}x); "
         f"p99 {ours[top]['p99_ms']:.0f} vs {triton[top]['p99_ms']:.0f} ms | {verdict(ok)} |"
     )
+
+
+def kserve_report(results: dict) -> list[str]:
+    kserve = results.get("kserve")
+    if not kserve:
+        return []
+    out = [
+        "## 3. KServe v2: attnserve and Triton on the same requests",
+        "",
+        f"Run on {kserve['date']}, all rows in that one run (`python -m loadtest.bench --only kserve`; also part of "
+        "`make bench`). The two v2 rows get the same request bytes from the same wrk (one thread, "
+        f"{kserve['seconds']:g} s per point after a warm-up): each prompt of `loadtest/prompts.txt` as a BYTES `text` "
+        "input to `/v2/models/next_token/infer`, the top 5 from the classification extension. Triton runs through "
+        "PyTriton, its dynamic batcher at max_batch_size 32 and 2 ms queue delay, in its own virtual environment, "
+        "with the same ONNX graph, tokenizer, session options, padding and length grouping as the service "
+        "(`loadtest/triton_server.py`): the comparison is of the servers, not of how they pad. The native row is "
+        "the service on the same prompts through `/v1/next-token`, for reference.",
+        "",
+        "| server | clients | requests/s | p50 ms | p90 ms | p99 ms | errors | mean batch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, points in kserve["servers"].items():
+        for p in points:
+            batch = f"{p['mean_batch']:.1f}" if "mean_batch" in p else ""
+            out.append(
+                f"| {name} | {p['concurrency']} | {p['rps']:.1f} | {p['p50_ms']:.1f} | {p['p90_ms']:.1f} | "
+                f"{p['p99_ms']:.1f} | {p['errors'] + p['socket_errors']} | {batch} |"
+            )
+    return [*out, ""]
 
 
 def report(results: dict, docs: Path, notes: str) -> str:
@@ -735,7 +796,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         f"{verdict(best_service >= 0.8 * engine_32)} |",
         f"| >= 5x the naive PyTorch server (concurrency {top}) | {dyn[top]['rps'] / naive[top]['rps']:.1f}x | "
         f"{verdict(dyn[top]['rps'] >= 5 * naive[top]['rps'])} |",
-        triton_row(at, top),
+        triton_row(results, top),
         "",
         "## 1. Engine: PyTorch eager vs ONNX Runtime",
         "",
@@ -765,13 +826,8 @@ def report(results: dict, docs: Path, notes: str) -> str:
         "",
         f"`POST /v1/next-token`, one prompt per request from `loadtest/prompts.txt` (short to long), "
         f"driven by wrk (one thread) for {results['seconds']:g} s per point after a warm-up. The constant server "
-        f"returns a fixed {serving['constant_body_bytes']}-byte next-token answer. The two KServe v2 rows get "
-        "the same request bytes from the same wrk: each prompt as a BYTES `text` input to "
-        "`/v2/models/next_token/infer`, with the top 5 from the classification extension. Triton runs through "
-        "PyTriton, its dynamic batcher at max_batch_size 32 and 2 ms queue delay, in its own virtual environment, "
-        "with the same ONNX graph, "
-        "tokenizer, session options, padding and length grouping as the service (`loadtest/triton_server.py`)"
-        + (f"; these two rows ran on {results['kserve_date']} (`--only kserve`)." if "kserve_date" in results else "."),
+        f"returns a fixed {serving['constant_body_bytes']}-byte next-token answer. Triton is in section 3, on "
+        "the protocol both servers speak.",
         "",
         "| server | clients | requests/s | p50 ms | p90 ms | p99 ms | errors | mean batch |",
         "|---|---|---|---|---|---|---|---|",
@@ -790,6 +846,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         f"The HTTP layer alone (bare FastAPI, constant body) peaks at {http_limit:.0f} requests/s here; the "
         f"service reaches {best_service / http_limit:.0%} of it.",
         "",
+        *kserve_report(results),
         *generation_report(results),
         *payload_report(results),
         *refactor_report(docs),
@@ -930,9 +987,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.only == "payload":
                 results["payload"] = payload_bench(args.bundle, Path(tmp))
             else:
-                kserve = serving_bench(args.bundle, args.seconds, Path(tmp), only={"service, KServe v2", TRITON})
-                results["serving"]["servers"].update(kserve["servers"])
-                results["kserve_date"] = dt.date.today().isoformat()
+                results["kserve"] = kserve_bench(args.bundle, args.seconds, Path(tmp))
         (args.docs / "results.json").write_text(json.dumps(results, indent=2))
         args.out.write_text(report(results, args.docs, notes))
         return 0
@@ -955,6 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
         results["engine"] = engine_bench(args.bundle)
         results["client_check"] = client_check(5, work)
         results["serving"] = serving_bench(args.bundle, args.seconds, work)
+        results["kserve"] = kserve_bench(args.bundle, args.seconds, work)
         results["generation"] = generation_bench(args.bundle)
         results["payload"] = payload_bench(args.bundle, work)
     results["wall_seconds"] = round(time.monotonic() - started)
