@@ -7,7 +7,7 @@ CORPUS ?= https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinysh
 BUNDLE ?= bundles/default
 RUN ?= runs/default
 
-.PHONY: serve install test lint model bench clean
+.PHONY: serve install test lint model bench screenshots clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +56,7 @@ bench: $(VENV)/.dev .venv-triton/.ok
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+# Pictures of the attention explorer for the README (needs Debian's chromium: apt-get install chromium).
+screenshots: $(VENV)/.dev
+	$(PY) -m loadtest.explorer --screenshots docs/explorer

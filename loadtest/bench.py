@@ -560,6 +560,35 @@ def payload_bench(bundle_dir: Path, work: Path, reps: int = 5) -> dict:
     return {"shape": list(reference.shape) if reference is not None else [], "reps": reps, "rows": rows}
 
 
+def explorer_bench(bundle_dir: Path, work: Path) -> dict | None:
+    """The explorer's full-context model view in Debian's chromium, or None where chromium is missing."""
+    from loadtest.browser import CHROMIUM
+    from loadtest.explorer import render_bench
+
+    if CHROMIUM is None:
+        log.warning("no chromium: the explorer's render time is left out (apt-get install chromium)")
+        return None
+    result = render_bench(bundle_dir, work)
+    log.info("explorer model view: drawn in %.0f ms, %.0f ms from load", result["draw_ms"], result["load_ms"])
+    return result
+
+
+def explorer_report(results: dict) -> list[str]:
+    e = results.get("explorer")
+    if not e:
+        return []
+    return [
+        "## The attention explorer at the full context",
+        "",
+        f"The model view (every layer x head as a {e['tokens']} x {e['tokens']} heatmap) in Debian's chromium, "
+        f"headless, driven by Playwright; median of {e['reps']} page loads after a warm-up "
+        "(`python -m loadtest.bench --only explorer`). Drawing, by the page's own clock: "
+        f"**{e['draw_ms']:.0f} ms**. From navigation to drawn, with the page, the score, next-token and "
+        f"binary attention requests and the drawing: **{e['load_ms']:.0f} ms**.",
+        "",
+    ]
+
+
 def payload_report(results: dict) -> list[str]:
     payload = results.get("payload")
     if not payload:
@@ -849,6 +878,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         *kserve_report(results),
         *generation_report(results),
         *payload_report(results),
+        *explorer_report(results),
         *refactor_report(docs),
         "## The load client against wrk",
         "",
@@ -964,7 +994,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last results.json")
     p.add_argument(
         "--only",
-        choices=["generation", "payload", "kserve"],
+        choices=["generation", "payload", "kserve", "explorer"],
         help="re-run one section (kserve: the service and Triton on the same v2 requests) and rewrite the report",
     )
     p.add_argument(
@@ -986,6 +1016,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["generation"] = generation_bench(args.bundle)
             elif args.only == "payload":
                 results["payload"] = payload_bench(args.bundle, Path(tmp))
+            elif args.only == "explorer":
+                results["explorer"] = explorer_bench(args.bundle, Path(tmp))
             else:
                 results["kserve"] = kserve_bench(args.bundle, args.seconds, Path(tmp))
         (args.docs / "results.json").write_text(json.dumps(results, indent=2))
@@ -1013,6 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
         results["kserve"] = kserve_bench(args.bundle, args.seconds, work)
         results["generation"] = generation_bench(args.bundle)
         results["payload"] = payload_bench(args.bundle, work)
+        results["explorer"] = explorer_bench(args.bundle, work)
     results["wall_seconds"] = round(time.monotonic() - started)
     (args.docs / "results.json").write_text(json.dumps(results, indent=2))
     plot_engine(results["engine"], args.docs / "engine.png")

@@ -223,6 +223,7 @@ function renderTokens() {
     span.textContent = readable(tok);
     const lp = data.logprobs[i];
     span.style.background = lp === null ? cssColour("--masked") : surprisalColour(-lp);
+    if (lp === null) span.style.color = cssColour("--fg"); // the surprisal colours are light in both schemes
     span.title = lp === null ? `#${i} id ${data.ids[i]}: the first token, no context`
       : `#${i} id ${data.ids[i]}: surprisal ${(-lp).toFixed(3)} nats, p = ${Math.exp(lp).toPrecision(3)}`;
     box.append(span);

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -12,16 +11,13 @@ import httpx
 import numpy as np
 import pytest
 
+from loadtest.browser import CHROMIUM, FLAGS, full_context_text
 from tests.conftest import DEFAULT_BUNDLE, Server, start_server
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
 )
 TEXT = "I do not like hate. we do"
-# Chromium's flags for a machine with no network beyond loopback (see the machine notes in the README).
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -255,9 +251,7 @@ def test_a_full_context_model_view_renders(browser, tmp_path_factory, record_pro
     server = start_server(DEFAULT_BUNDLE, tmp_path_factory.mktemp("explorer"))
     try:
         page = Page(browser, server)
-        text = " ".join((DEFAULT_BUNDLE.parent.parent / "loadtest" / "prompts.txt").read_text().split())
-        ids = api(server, "/tokenize", {"prompt": text})["tokens"][-256:]
-        text = httpx.post(server.url + "/detokenize", json={"tokens": ids}).json()["prompt"]
+        text = full_context_text(server.url, 256)
         started = time.perf_counter()
         page.open(f"text={quote(text)}&view=model")
         total_ms = (time.perf_counter() - started) * 1000
