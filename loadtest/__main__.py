@@ -16,7 +16,7 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,7 +34,6 @@ class Result:
     status_counts: dict[str, int]
     errors: int
     transport_errors: int
-    samples_ms: list[float] = field(default_factory=list, repr=False)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -154,7 +153,6 @@ async def run(
         status_counts=dict(statuses),
         errors=len(latencies) - ok,
         transport_errors=transport_errors,
-        samples_ms=latencies,
     )
 
 
@@ -178,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(
         run(args.url, args.endpoint, args.concurrency, args.duration, args.requests, args.warmup, args.path)
     )
-    summary = {k: v for k, v in asdict(result).items() if k != "samples_ms"}
+    summary = asdict(result)
     lat = result.latency_ms
     sys.stdout.write(
         f"{result.endpoint} concurrency={result.concurrency}: {result.requests} requests in {result.duration_s:.1f}s, "

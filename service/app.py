@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,6 +25,7 @@ from service.api.kserve.serving import V2Serving
 from service.api.native.routes import router as native
 from service.api.openai.routes import router as openai
 from service.api.openai.serving import OpenAIServing
+from service.budget import ResponseBudget
 from service.core.bundle import Bundle, load_bundle
 from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
 from service.core.inference import InferenceCore
@@ -58,15 +60,21 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
         await core.stop(grace_s=settings.request_timeout_s)
         log.info("stopped")
 
+    docs = settings.docs_enabled
     app = FastAPI(
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         title="attnserve",
         summary="Next-token prediction, attention weights and generation from a self-attention language model.",
         version=__version__,
         lifespan=lifespan,
     )
     app.state.ready = False
-    app.state.draining = False
+    app.state.stopping = False  # SIGTERM came: not ready, but still serving (DRAIN_DELAY_S)
+    app.state.draining = False  # the listener is closing: work is refused
     app.state.metrics = metrics
+    app.state.budget = ResponseBudget(settings.max_inflight_bytes, metrics.inflight_bytes.set)
     app.include_router(native)
     app.include_router(openai)
     app.include_router(kserve)
@@ -79,15 +87,35 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
         query = request.url.query  # a shared link to the root keeps its view
         return RedirectResponse("/explorer/" + (f"?{query}" if query else ""))
 
-    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes, state=app.state)
+    app.add_middleware(RequestContext, metrics=metrics, settings=settings, state=app.state, budget=app.state.budget)
+    if settings.origins():
+        # Outside RequestContext, so that a preflight needs no key and every answer carries the headers.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.origins(),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Content-Encoding",
+                "Inference-Header-Content-Length",
+                "X-Request-ID",
+            ],  # fmt: skip
+            expose_headers=["Inference-Header-Content-Length", "X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
-        if any(e["type"] == "json_invalid" for e in errors):
-            return error_response(400, "malformed_json", "the request body is not valid JSON", errors)
+        invalid = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+        if invalid:
+            why = invalid[0].get("ctx", {}).get("error", "")
+            return error_response(
+                400, "malformed_json", f"the request body is not valid JSON: {why}".rstrip(": "), errors
+            )
         summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
         return error_response(422, "invalid_request", summary, errors)
 
@@ -110,10 +138,5 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error; see the server log")
 
     return app

@@ -43,6 +43,17 @@ class Metrics:
             "attnserve_rejected_rows", "Rows refused because the queue was full", ["endpoint"], registry=r
         )
         self.model_info = Info("attnserve_model", "The model being served", registry=r)
+        self.connection_events = Counter(
+            "attnserve_connection_events",
+            "Connections refused or closed by a limit: refused, header_timeout, body_timeout, too_large, write_timeout",
+            ["event"],
+            registry=r,
+        )
+        self.inflight_bytes = Gauge(
+            "attnserve_inflight_response_bytes",
+            "Bytes of large answers built or not yet read (MAX_INFLIGHT_BYTES)",
+            registry=r,
+        )
         self.active_sequences = Gauge(
             "attnserve_active_sequences", "Sequences generating (in the decode batch)", registry=r
         )
@@ -65,6 +76,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def connection_event(self, kind: str) -> None:
+        self.connection_events.labels(kind).inc()
 
     def observer(self, endpoint: str) -> BatchObserver:
         return _EndpointObserver(self, endpoint)

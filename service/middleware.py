@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -11,6 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.kserve.routes import error_response as v2_error
 from service.api.openai.errors import plain_error as openai_error
+from service.budget import BUDGET_KEY, Reservation, ResponseBudget
+from service.connection import SCOPE_KEY
 from service.metrics import Metrics
 from service.responses import error_response
 
@@ -37,13 +40,20 @@ def takes_work(path: str) -> bool:
 
 
 class RequestContext:
-    """Pure ASGI (not BaseHTTPMiddleware), so it adds no task per request on the hot path."""
+    """Pure ASGI (not BaseHTTPMiddleware), so it adds no task per request on the hot path.
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, state: Any) -> None:
+    Per request: the request id, the drain and auth checks, the body limit, the response-bytes
+    reservation, a 500 for anything unhandled, and the metrics, timed to the last byte written.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, settings: Any, state: Any, budget: ResponseBudget) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes = settings.max_body_bytes
         self.state = state
+        self.budget = budget
+        self.keys = [k.encode() for k in settings.api_key_list()]
+        self.open_paths = public_paths(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,9 +65,10 @@ class RequestContext:
         path = scope["path"]
         status = 500
         held: Message | None = None
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, held
+            nonlocal status, held, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
@@ -68,21 +79,30 @@ class RequestContext:
                 return
             if held is not None:
                 start, held = held, None
+                response_started = True
                 await send(start)
             await send(message)
 
         async def reply(code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
             await protocol_error(path, code, kind, message, headers)(scope, receive, send_with_id)
 
+        held_bytes = Reservation(self.budget)
+        scope[BUDGET_KEY] = held_bytes
+        connection = scope.get(SCOPE_KEY)
         try:
+            if self.keys and not self._open(path) and not self._authorized(headers):
+                await reply(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
+                return
             if self.state.draining and takes_work(path):
                 await reply(503, "draining", DRAINING, {"Retry-After": "1"})
                 return
-            body_or_none = await self._read_body(headers, receive)
-            if body_or_none is None:
+            body = await self._read_body(headers, receive)
+            if body is TOO_LARGE:
                 await reply(413, "body_too_large", f"request body is larger than MAX_BODY_BYTES={self.max_body_bytes}")
                 return
-            body = body_or_none
+            if body is GONE:
+                status = 408 if connection is not None and connection.body_timed_out else 499
+                return
             sent = False
 
             async def replay() -> Message:
@@ -92,8 +112,18 @@ class RequestContext:
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
 
-            await self.app(scope, replay, send_with_id)
+            try:
+                await self.app(scope, replay, send_with_id)
+            except Exception:
+                # Here rather than in an app handler, so that the 500 carries its X-Request-ID too.
+                log.exception("unhandled error, id=%s", request_id)
+                if response_started:
+                    raise
+                await reply(500, "internal_error", "internal error; see the server log")
+            if connection is not None and not await connection.flushed():
+                status = 499  # the client left, or was dropped for not reading, before the last byte
         finally:
+            held_bytes.release()
             elapsed = time.perf_counter() - started
             # The matched route's template keeps label values bounded, whatever paths clients send.
             route = getattr(scope.get("route"), "path", "unmatched")
@@ -101,22 +131,50 @@ class RequestContext:
             self.metrics.latency.labels(route).observe(elapsed)
             log.debug("%s %s %d %.1fms id=%s", scope["method"], path, status, elapsed * 1000, request_id)
 
-    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | None:
-        """The whole body, or None when it is over the limit (checked before reading when declared)."""
+    def _open(self, path: str) -> bool:
+        return path.startswith(self.open_paths) or (path == "/" and "/explorer" in self.open_paths)
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        given = headers.get(b"authorization", b"")
+        if not given.lower().startswith(b"bearer "):
+            return False
+        token = given[7:].strip()
+        # Every key is compared, each in constant time, so the answer's timing says nothing of them.
+        return sum(hmac.compare_digest(token, k) for k in self.keys) > 0
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | object:
+        """The whole body; TOO_LARGE past the limit (checked before reading when declared); GONE when
+        the client left or its body timed out before it was complete."""
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return None
+            return TOO_LARGE
         chunks = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                return GONE
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                return None
+                return TOO_LARGE
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+TOO_LARGE, GONE = object(), object()
+UNAUTHORIZED = "a valid API key is needed: send it as 'Authorization: Bearer KEY'"
+
+
+def public_paths(settings: Any) -> tuple[str, ...]:
+    """Paths that never need a key (probes), and those that the settings open."""
+    paths = ["/healthz", "/readyz", "/v2/health/"]
+    if not settings.metrics_need_key:
+        paths.append("/metrics")
+    if not settings.docs_need_key:
+        paths += ["/docs", "/openapi.json", "/redoc"]
+    if not settings.explorer_need_key:
+        paths.append("/explorer")
+    return tuple(paths)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "bundles" / "default"
@@ -54,3 +54,69 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger ones get 413.")
     request_timeout_s: float = Field(30.0, gt=0, description="Longest wait for an answer; then 504.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    # -- the connection layer (service/connection.py) ---------------------------------------------
+    max_connections: int = Field(
+        2048, ge=1, description="Open connections at most; more are answered 503 and closed at once."
+    )
+    max_header_bytes: int = Field(16384, ge=1024, description="Request line and headers, in bytes; larger get 431.")
+    max_headers: int = Field(100, ge=8, description="Header fields per request; more get 431.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Time a connection has to send a request's headers; then 408 (or a close when idle)."
+    )
+    body_timeout_s: float = Field(30.0, gt=0, description="Time a request has to send its whole body; then 408.")
+    write_timeout_s: float = Field(
+        30.0, gt=0, description="Time a client may go without reading its answer; then it is dropped."
+    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="Idle time before a kept-alive connection is closed.")
+    max_inflight_bytes: int = Field(
+        1_000_000_000,
+        ge=1_000_000,
+        description="Bytes of large answers (attention) being built or not yet read by their clients; beyond, 503.",
+    )
+    max_attention_compute: int = Field(
+        16_000_000,
+        ge=1,
+        description="Attention weights computed for one request (every layer and head of every input, "
+        "whatever is returned); beyond, 422.",
+    )
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM, readiness turns 503 at once but requests are served for this long before the "
+        "listener closes (a Kubernetes pre-stop window); then in-flight work finishes.",
+    )
+
+    # -- access -----------------------------------------------------------------------------------
+    api_keys: str = Field(
+        "", description="Comma-separated API keys; when set, requests need 'Authorization: Bearer KEY'."
+    )
+    api_keys_file: Path | None = Field(None, description="A file of API keys, one per line, added to API_KEYS.")
+    metrics_need_key: bool = Field(True, description="With API keys set, /metrics needs one too.")
+    docs_need_key: bool = Field(False, description="With API keys set, /docs and /openapi.json need one too.")
+    explorer_need_key: bool = Field(False, description="With API keys set, the explorer's page needs one too.")
+    docs_enabled: bool = Field(True, description="Serve /docs and /openapi.json.")
+    cors_allow_origins: str = Field(
+        "", description="Comma-separated origins allowed to call the API from a browser (CORS); none by default."
+    )
+
+    def api_key_list(self) -> list[str]:
+        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        if self.api_keys_file is not None:
+            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines() if line.strip()]
+        return keys
+
+    def origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        # A request larger than the queue could never be queued: it would get "retry later" for ever.
+        if self.max_texts_per_request > self.max_queue_rows:
+            raise ValueError(
+                f"MAX_TEXTS_PER_REQUEST={self.max_texts_per_request} is larger than MAX_QUEUE_ROWS="
+                f"{self.max_queue_rows}: such requests could never be queued"
+            )
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            raise ValueError(f"API_KEYS_FILE={self.api_keys_file} is not a file")
+        return self

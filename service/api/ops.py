@@ -22,7 +22,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> Response:
     """Readiness: 200 once the model is loaded and warmed up, 503 while starting or draining."""
     state = request.app.state
-    if state.draining:
+    if state.stopping or state.draining:
         return error_response(503, "draining", "shutting down")
     if not state.ready:
         return error_response(503, "starting", "model not loaded yet")

@@ -62,6 +62,8 @@ class DynamicBatcher:
         max_queue_rows: int,
         name: str = "batcher",
         observer: BatchObserver | None = None,
+        cost: Callable[[Any], int] | None = None,
+        max_batch_cost: int | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._executor = executor
@@ -75,10 +77,12 @@ class DynamicBatcher:
         self._closing = False
         self._running: list[_Row] = []  # rows taken from the queue and not yet answered
         self._busy = False  # rows were waiting when the last batch finished: worth waiting for company
-
-    @property
-    def queued_rows(self) -> int:
-        return self._queue.qsize()
+        # A batch also closes before its rows' summed cost passes max_batch_cost (attention: its work
+        # grows with the square of the length), so that one heavy batch cannot hold the single
+        # inference worker for long while other endpoints' batches wait behind it.
+        self._cost = cost
+        self.max_batch_cost = max_batch_cost
+        self._carry: _Row | None = None  # the row that would have passed the cost: first in the next batch
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._consume(), name=f"{self.name}-consumer")
@@ -107,27 +111,36 @@ class DynamicBatcher:
                 row.future.cancel()  # no-op for finished rows; frees queued ones when the caller left
 
     async def _collect(self) -> list[_Row]:
-        first = await self._queue.get()
+        if self._carry is not None:
+            first, self._carry = self._carry, None
+        else:
+            first = await self._queue.get()
         batch = [first]
         self._running = batch  # taken rows count as running, so stop() waits for them
+        spent = self._cost(first.payload) if self._cost else 0
         deadline = first.enqueued + (self.max_delay_s if self._busy else 0.0)
         while len(batch) < self.max_batch_size:
             try:
-                batch.append(self._queue.get_nowait())
-                continue
+                row = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            # Not wait_for(queue.get()): on Python 3.11 it can drop an item it already took when the
-            # timeout fires, which would leave that caller waiting forever.
-            getter = asyncio.ensure_future(self._queue.get())
-            done, _ = await asyncio.wait({getter}, timeout=remaining)
-            if getter not in done:
-                getter.cancel()  # Queue.get leaves the item in the queue when cancelled
-                break
-            batch.append(getter.result())
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                # Not wait_for(queue.get()): on Python 3.11 it can drop an item it already took when the
+                # timeout fires, which would leave that caller waiting forever.
+                getter = asyncio.ensure_future(self._queue.get())
+                done, _ = await asyncio.wait({getter}, timeout=remaining)
+                if getter not in done:
+                    getter.cancel()  # Queue.get leaves the item in the queue when cancelled
+                    break
+                row = getter.result()
+            if self._cost is not None and self.max_batch_cost is not None:
+                cost = self._cost(row.payload)
+                if spent + cost > self.max_batch_cost:
+                    self._carry = row
+                    break
+                spent += cost
+            batch.append(row)
         return batch
 
     async def _consume(self) -> None:
@@ -152,7 +165,7 @@ class DynamicBatcher:
                 continue
             finally:
                 self._running = []
-                self._busy = self._queue.qsize() > 0
+                self._busy = self._queue.qsize() > 0 or self._carry is not None
             finished = time.perf_counter()
             for r, result in zip(live, results, strict=True):
                 _resolve(r.future, result)
@@ -162,7 +175,7 @@ class DynamicBatcher:
         """Refuse new rows, let queued and running rows finish for up to grace_s, then fail the rest."""
         self._closing = True
         give_up = time.perf_counter() + grace_s
-        while (self._queue.qsize() or self._running) and time.perf_counter() < give_up:
+        while (self._queue.qsize() or self._running or self._carry) and time.perf_counter() < give_up:
             await asyncio.sleep(0.01)
         unanswered = list(self._running)  # read before cancelling: the consumer clears it on exit
         if self._task is not None:
@@ -170,5 +183,7 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         unanswered += [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        if self._carry is not None:
+            unanswered.append(self._carry)
         for row in unanswered:
             _resolve(row.future, error=DrainingError("the server shut down"))

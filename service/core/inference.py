@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +30,8 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+LARGE_TEXT_CHARS = 20_000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,10 @@ class InferenceCore:
         # Each token decoded on its own, once, so responses can name tokens without calling the tokenizer.
         self.token_text = bundle.tokenizer.decode_batch([[i] for i in range(bundle.vocab_size)])
         # One worker: a single inference at a time gets every core (ONNX Runtime's intra-op threads).
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="onnxruntime", initializer=lambda: yield_to_event_loop([None])
+        )
+        maps = bundle.arch.n_layer * bundle.arch.n_head
         self.batchers = {
             name: DynamicBatcher(
                 run_batch=functools.partial(self.engine.run, name),
@@ -80,6 +87,9 @@ class InferenceCore:
                 max_queue_rows=settings.max_queue_rows,
                 name=name,
                 observer=metrics.observer(name),
+                # The attention graph computes every map of every row: its batches are bounded by that work.
+                cost=(lambda ids: maps * len(ids) ** 2) if name == "attention" else None,
+                max_batch_cost=settings.max_attention_compute if name == "attention" else None,
             )
             for name in ONE_SHOT
         }
@@ -115,6 +125,8 @@ class InferenceCore:
         self.engine.decode(longest[:2], np.array([len(longest) - 1] * 2), cache, cache, mask)
 
     def start(self) -> None:
+        # ONNX Runtime's own pool threads exist by now (the sessions made them): all but this one.
+        yield_to_event_loop(t for t in os.listdir("/proc/self/task") if int(t) != threading.get_native_id())
         for b in self.batchers.values():
             b.start()
         self.scheduler.start()
@@ -129,6 +141,12 @@ class InferenceCore:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.bundle.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    async def encode_async(self, texts: Sequence[str]) -> list[list[int]]:
+        """encode(), in a thread for large inputs: tokenizing a megabyte takes the event loop too long."""
+        if sum(len(t) for t in texts) < LARGE_TEXT_CHARS:
+            return self.encode(texts)
+        return await off_loop(self.encode, texts)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.bundle.tokenizer.decode(list(ids))
@@ -190,15 +208,32 @@ class InferenceCore:
         return _indices(layers, arch.n_layer, "layer"), _indices(heads, arch.n_head, "head")
 
     async def attention(
-        self, rows: list[Row], layers: list[int] | None = None, heads: list[int] | None = None
+        self,
+        rows: list[Row],
+        layers: list[int] | None = None,
+        heads: list[int] | None = None,
+        reserve: Callable[[int], None] | None = None,
     ) -> list[AttentionMaps]:
+        """`reserve` is called with the number of weights returned before any work is done (the
+        protocol takes the answer's bytes from the in-flight budget there, or raises)."""
         layers, heads = self.layer_head_indices(layers, heads)
-        values = len(layers) * len(heads) * sum(len(r.ids) ** 2 for r in rows)
+        squares = sum(len(r.ids) ** 2 for r in rows)
+        values = len(layers) * len(heads) * squares
         if values > self.settings.max_attention_values:
             raise InputError(
                 f"the answer would hold {values:,} attention weights, more than MAX_ATTENTION_VALUES="
                 f"{self.settings.max_attention_values:,}; ask for fewer layers, heads or inputs"
             )
+        arch = self.bundle.arch
+        computed = arch.n_layer * arch.n_head * squares
+        if computed > self.settings.max_attention_compute:
+            raise InputError(
+                f"these inputs need {computed:,} attention weights computed (every layer and head of each, "
+                f"whatever is returned), more than MAX_ATTENTION_COMPUTE={self.settings.max_attention_compute:,}; "
+                "send fewer or shorter inputs per request"
+            )
+        if reserve is not None:
+            reserve(values)
         outputs = await self._run("attention", rows)
         return [
             AttentionMaps(row, layers, heads, np.ascontiguousarray(w[np.ix_(layers, heads)], dtype=np.float32))
@@ -223,6 +258,35 @@ class InferenceCore:
         except QueueFullError:
             self.metrics.rejected.labels("generate").inc(len(requests))
             raise
+
+
+# Inference threads run at a lower priority than the event loop (nice +5: about a third of its CPU
+# share when both want a core), so that probes and new requests are answered at once while every
+# core computes. Raising a thread's nice value needs no privilege.
+INFERENCE_NICE = 5
+
+
+# Work too big for the event loop (serialising tens of MB, tokenizing a megabyte) runs here, at the
+# inference threads' lower priority.
+_OFF_LOOP = ThreadPoolExecutor(
+    max_workers=2, thread_name_prefix="off-loop", initializer=lambda: yield_to_event_loop([None])
+)
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_OFF_LOOP, functools.partial(fn, *args))
+
+
+def yield_to_event_loop(threads: Iterable[str | None]) -> None:
+    """Lower the priority of these threads (Linux thread ids; None: the calling thread)."""
+    if not hasattr(os, "setpriority") or not os.path.isdir("/proc/self/task"):
+        return
+    for t in threads:
+        tid = threading.get_native_id() if t is None else int(t)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), INFERENCE_NICE))
+        except OSError:  # the thread has ended, or the platform forbids it: priority is an optimisation
+            log.debug("could not lower the priority of thread %s", tid)
 
 
 def _indices(asked: list[int] | None, count: int, what: str) -> list[int]:

@@ -22,7 +22,9 @@ async def _burst(url: str, n: int, body: dict, path: str = "/v1/next-token") -> 
 
 def test_overload_answers_503_at_once_and_serves_everything_it_accepted(server_factory, toy_bundle):
     # Room for two requests of four rows each; one row per batch keeps the queue full.
-    server = server_factory(toy_bundle, max_queue_rows=8, max_batch_size=1, max_batch_delay_ms=0)
+    server = server_factory(
+        toy_bundle, max_queue_rows=8, max_texts_per_request=8, max_batch_size=1, max_batch_delay_ms=0
+    )
     responses = asyncio.run(_burst(server.url, 60, {"texts": ["I do not like hate. " * 4] * 4, "truncate": True}))
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 503}, codes

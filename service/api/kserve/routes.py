@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from service.api.kserve.codec import HEADER_LENGTH, InferRequestHeader, V2Error, decompress, parse_request
 from service.api.kserve.serving import MODELS, V2Model, V2Serving
+from service.budget import reservation
 from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ router = APIRouter(prefix="/v2", tags=["kserve-v2"], route_class=V2Route, respon
 
 def _ready(request: Request) -> bool:
     state = request.app.state
-    return bool(state.ready and not state.draining)
+    return bool(state.ready and not state.stopping and not state.draining)
 
 
 @router.get("")
@@ -174,7 +175,7 @@ async def infer(m: Model, request: Request, s: V2) -> Response:
     """Run a model on JSON or binary tensors (the binary tensor data extension)."""
     body = decompress(await request.body(), request.headers.get("content-encoding"), s.core.settings.max_body_bytes)
     parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
-    content, header_length = await s.infer(m, parsed)
+    content, header_length = await s.infer(m, parsed, reservation(request.scope))
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

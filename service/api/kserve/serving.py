@@ -22,8 +22,9 @@ import numpy as np
 
 from service import __version__
 from service.api.kserve.codec import BYTES, InferRequest, Output, Tensor, V2Error, encode_response
+from service.budget import Reservation
 from service.core.errors import InputError
-from service.core.inference import InferenceCore, Row
+from service.core.inference import InferenceCore, Row, off_loop
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "parameters"]
 PLATFORM = "onnxruntime_onnx"
@@ -55,7 +56,7 @@ class V2Model:
     description: str
     outputs: list[TensorMeta]
     params: list[Param]
-    run: Callable[[InferenceCore, list[Row], dict[str, Any], set[str]], Awaitable[list[Output]]]
+    run: Callable[[InferenceCore, list[Row], dict[str, Any], set[str], Reservation | None], Awaitable[list[Output]]]
     classified: str | None = None  # the output that the classification extension applies to
 
 
@@ -81,7 +82,9 @@ def _token_ids(rows: list[Row], width: int) -> Output:
     return Output("token_ids", "INT64", ids, ids.shape)
 
 
-async def _next_token(core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str]) -> list[Output]:
+async def _next_token(
+    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
+) -> list[Output]:
     temperature = params.get("temperature", 1.0)
     if not 1e-3 <= temperature <= 100:
         raise V2Error(f"parameter 'temperature' must be between 0.001 and 100, not {temperature}")
@@ -89,10 +92,22 @@ async def _next_token(core: InferenceCore, rows: list[Row], params: dict[str, An
     return [Output("next_token_logprobs", "FP32", logprobs, logprobs.shape), _lengths(rows)]
 
 
-async def _attention(core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str]) -> list[Output]:
+# Bytes held per weight of the padded answer: the float32 array, then its binary or JSON form.
+ATTENTION_BYTES = 4 + 10
+
+
+async def _attention(
+    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], held: Reservation | None
+) -> list[Output]:
     layers, heads = (_index_list(params.get(p), p) for p in ("layers", "heads"))
-    maps = await core.attention(rows, layers, heads)
     width = max(len(r.ids) for r in rows)
+
+    def reserve(returned: int) -> None:
+        if held is not None and "attention_weights" in wanted:
+            padded = returned // sum(len(r.ids) ** 2 for r in rows) * len(rows) * width**2
+            held.take(padded * ATTENTION_BYTES)
+
+    maps = await core.attention(rows, layers, heads, reserve)
     layers_, heads_ = maps[0].layers, maps[0].heads
     out = [_lengths(rows), _token_ids(rows, width)]
     out.append(Output("layers", "INT64", np.array(layers_, dtype=np.int64), (len(layers_),)))
@@ -106,7 +121,9 @@ async def _attention(core: InferenceCore, rows: list[Row], params: dict[str, Any
     return out
 
 
-async def _score(core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str]) -> list[Output]:
+async def _score(
+    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
+) -> list[Output]:
     scores = await core.score(rows)
     width = max(len(r.ids) for r in rows)
     logprobs = np.zeros((len(rows), max(width - 1, 0)), dtype=np.float32)
@@ -252,15 +269,20 @@ class V2Serving:
             "description": m.description,
         }
 
-    async def infer(self, m: V2Model, request: InferRequest) -> tuple[bytes, int | None]:
+    async def infer(
+        self, m: V2Model, request: InferRequest, held: Reservation | None = None
+    ) -> tuple[bytes, int | None]:
         header = request.header
         params = self._params(m, header.parameters)
-        rows = self._rows(request.inputs, params.get("truncate", False))
+        rows = await self._rows(request.inputs, params.get("truncate", False))
         wanted, binary, classify = self._outputs(m, header)
-        outputs = [o for o in await m.run(self.core, rows, params, set(wanted)) if o.name in wanted]
+        outputs = [o for o in await m.run(self.core, rows, params, set(wanted), held) if o.name in wanted]
         if classify:
             outputs = [self._classify(o, classify[o.name]) if o.name in classify else o for o in outputs]
         outputs.sort(key=lambda o: list(wanted).index(o.name))
+        if held is not None and held.held:
+            # A large answer (tens of MB) is written in a thread, so that the event loop keeps answering.
+            return await off_loop(encode_response, m.name, self.version, header.id, outputs, binary)
         return encode_response(m.name, self.version, header.id, outputs, binary)
 
     def _params(self, m: V2Model, given: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +306,7 @@ class V2Serving:
             out[name] = value
         return out
 
-    def _rows(self, inputs: dict[str, Tensor], truncate: bool) -> list[Row]:
+    async def _rows(self, inputs: dict[str, Tensor], truncate: bool) -> list[Row]:
         known = {t.name: t for t in input_metas()}
         for name, t in inputs.items():
             meta = known.get(name)
@@ -302,7 +324,7 @@ class V2Serving:
                     raise V2Error("attention_mask goes with input_ids, not with text")
                 if len(text.shape) not in (1, 2) or (len(text.shape) == 2 and text.shape[1] != 1):
                     raise V2Error(f"input 'text' must have shape [rows] or [rows, 1], not {list(text.shape)}")
-                encoded = core.encode(_texts(text))
+                encoded = await core.encode_async(_texts(text))
             else:
                 assert ids is not None
                 encoded = _id_rows(ids, mask)

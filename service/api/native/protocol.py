@@ -13,7 +13,7 @@ TokenIds = Annotated[list[int], Field(min_length=1)]
 class Inputs(BaseModel):
     """Either texts or token_ids, one entry per input row."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     texts: list[NonEmptyText] | None = Field(None, min_length=1, description="Inputs as text.")
     token_ids: list[TokenIds] | None = Field(None, min_length=1, description="Inputs as token ids, instead of texts.")
@@ -35,6 +35,7 @@ class Inputs(BaseModel):
 class NextTokenRequest(Inputs):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"texts": ["ROMEO:\nBut soft, what light", "To be, or not to"], "top_k": 3}]},
     )
     top_k: int = Field(5, ge=1, description="How many candidates to return (at most the vocabulary size).")
@@ -65,6 +66,7 @@ class NextTokenResponse(BaseModel):
 class AttentionRequest(Inputs):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"texts": ["I do not like"], "layers": [0], "heads": [0, 1]}]},
     )
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(
@@ -92,7 +94,9 @@ class AttentionResponse(BaseModel):
 
 class ScoreRequest(Inputs):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"texts": ["To be, or not to be, that is the question."]}]}
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"texts": ["To be, or not to be, that is the question."]}]},
     )
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from service.api.deps import Core
 from service.api.native import serving
@@ -18,6 +17,9 @@ from service.api.native.protocol import (
     ScoreRequest,
     ScoreResponse,
 )
+from service.api.strict import StrictJSONRoute
+from service.budget import reservation
+from service.core.inference import off_loop
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Malformed JSON"},
@@ -27,7 +29,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     504: {"model": ErrorResponse, "description": "No answer within REQUEST_TIMEOUT_S"},
 }
 
-router = APIRouter(prefix="/v1", tags=["model"], responses=ERRORS)
+router = APIRouter(prefix="/v1", tags=["model"], responses=ERRORS, route_class=StrictJSONRoute)
 
 
 @router.post("/next-token", response_model=NextTokenResponse)
@@ -37,11 +39,13 @@ async def next_token(body: NextTokenRequest, core: Core) -> NextTokenResponse:
 
 
 @router.post("/attention", response_model=AttentionResponse)
-async def attention(body: AttentionRequest, core: Core) -> Response:
+async def attention(body: AttentionRequest, core: Core, request: Request) -> Response:
     """Softmax attention weights per layer and head, aligned to the input's tokens."""
-    result = await serving.attention(core, body)
-    # orjson writes numpy arrays directly: a full-context answer holds millions of floats.
-    return Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+    result = await serving.attention(core, body, reservation(request.scope))
+    # A full-context answer is tens of MB of JSON: written in a thread, one map at a time, so that
+    # the event loop gets the interpreter between maps (orjson holds it while it writes).
+    content = await off_loop(serving.attention_json, result)
+    return Response(content, media_type="application/json")
 
 
 @router.post("/score", response_model=ScoreResponse)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 
 from service.api.native.protocol import (
     AttentionRequest,
@@ -17,12 +18,13 @@ from service.api.native.protocol import (
     ScoreResult,
     TokenProb,
 )
+from service.budget import Reservation
 from service.core.inference import InferenceCore, Row
 
 
-def rows(core: InferenceCore, req: Inputs) -> list[Row]:
+async def rows(core: InferenceCore, req: Inputs) -> list[Row]:
     if req.texts is not None:
-        encoded = core.encode(req.texts)
+        encoded = await core.encode_async(req.texts)
     else:
         encoded = req.token_ids or []
         core.check_ids(encoded)
@@ -30,7 +32,7 @@ def rows(core: InferenceCore, req: Inputs) -> list[Row]:
 
 
 async def next_token(core: InferenceCore, req: NextTokenRequest) -> NextTokenResponse:
-    results = await core.next_token(rows(core, req), req.top_k, req.temperature)
+    results = await core.next_token(await rows(core, req), req.top_k, req.temperature)
     text = core.token_text
     return NextTokenResponse(
         model=core.name,
@@ -48,9 +50,17 @@ async def next_token(core: InferenceCore, req: NextTokenRequest) -> NextTokenRes
     )
 
 
-async def attention(core: InferenceCore, req: AttentionRequest) -> dict[str, Any]:
+# Bytes held per returned weight while the answer exists: the float32 array and its JSON text
+# (a full-context answer measured 8.7 bytes of JSON per weight).
+ATTENTION_JSON_BYTES = 4 + 10
+
+
+async def attention(
+    core: InferenceCore, req: AttentionRequest, reservation: Reservation | None = None
+) -> dict[str, Any]:
     """Plain data with numpy arrays, for orjson: a response can hold millions of floats."""
-    results = await core.attention(rows(core, req), req.layers, req.heads)
+    reserve = (lambda n: reservation.take(n * ATTENTION_JSON_BYTES)) if reservation is not None else None
+    results = await core.attention(await rows(core, req), req.layers, req.heads, reserve)
     text = core.token_text
     out = []
     for r in results:
@@ -67,8 +77,22 @@ async def attention(core: InferenceCore, req: AttentionRequest) -> dict[str, Any
     return {"model": core.name, "results": out}
 
 
+def attention_json(answer: dict[str, Any]) -> bytes:
+    """orjson's encoding of the attention answer, written one (query x key) map per call."""
+    results = []
+    for r in answer["results"]:
+        weights = r["attention"]
+        head = orjson.dumps({k: v for k, v in r.items() if k != "attention"})
+        layers = b",".join(
+            b"[" + b",".join(orjson.dumps(m, option=orjson.OPT_SERIALIZE_NUMPY) for m in layer) + b"]"
+            for layer in weights
+        )
+        results.append(head[:-1] + b',"attention":[' + layers + b"]}")
+    return orjson.dumps({"model": answer["model"]})[:-1] + b',"results":[' + b",".join(results) + b"]}"
+
+
 async def score(core: InferenceCore, req: ScoreRequest) -> ScoreResponse:
-    results = await core.score(rows(core, req))
+    results = await core.score(await rows(core, req))
     text = core.token_text
     out = []
     for r in results:

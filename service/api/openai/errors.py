@@ -30,7 +30,8 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] 
         first = problems[0] if problems else {}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         if first.get("type") == "json_invalid":
-            return 400, _body("the request body is not valid JSON", "invalid_request_error"), None
+            why = first.get("ctx", {}).get("error", "")
+            return 400, _body(f"the request body is not valid JSON: {why}".rstrip(": "), "invalid_request_error"), None
         summary = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg', '')}" for e in problems[:5]
         )

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
-from fastapi.routing import APIRoute
 
 from service.api.deps import Core, get_openai
 from service.api.openai.errors import error_response
@@ -24,9 +23,10 @@ from service.api.openai.protocol import (
     TokenizerInfo,
 )
 from service.api.openai.serving import OpenAIServing
+from service.api.strict import StrictJSONRoute
 
 
-class OpenAIRoute(APIRoute):
+class OpenAIRoute(StrictJSONRoute):
     """Catches everything a handler raises, request validation included, and answers in OpenAI's shape."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

@@ -1,0 +1,54 @@
+"""JSON bodies read strictly: a key given twice, or bytes that are not UTF-8, are malformed JSON.
+
+Python's json keeps the last of duplicate keys silently, so `{"top_k": 1, "top_k": 50}` would
+mean whatever the parser chose. FastAPI reads the body through Request.json(), so a route class
+that hands it this request makes both cases the same 400 as any other malformed body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def loads_strict(body: bytes) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise json.JSONDecodeError(f"the body is not UTF-8 ({e.reason} at byte {e.start})", "", e.start) from e
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except ValueError as e:
+        if isinstance(e, json.JSONDecodeError):
+            raise
+        raise json.JSONDecodeError(str(e), text, 0) from e
+
+
+class StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = loads_strict(await self.body())
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return handle

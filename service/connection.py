@@ -1,0 +1,215 @@
+"""The connection layer's limits, in the server itself: uvicorn's HTTP protocol with bounds on
+connections, header size and the time a client may take to send its request or to read its answer.
+
+uvicorn bounds none of these by default: an idle connection or one that trickles its headers is
+kept for ever, and an answer that the client never reads stays in the transport's write buffer.
+Each limit here closes such a connection with a clear answer where HTTP has one (431, 408, 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+SCOPE_KEY = "attnserve.connection"
+
+
+def _canned(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": {"type": reason.lower().replace(" ", "_"), "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with the limits of service.settings (set on a subclass by guarded_protocol())."""
+
+    max_connections = 2048
+    max_header_bytes = 16384
+    max_headers = 100
+    header_timeout_s = 10.0
+    body_timeout_s = 30.0
+    write_timeout_s = 30.0
+    on_event: Any = None  # called with "refused", "header_timeout", "body_timeout", "too_large" or "write_timeout"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._header_count = 0
+        self._too_large = False
+        self.client_gone = False  # the client left, or was dropped, before it had the whole answer
+        self.body_timed_out = False
+        self._flushed = asyncio.Event()
+        self._flushed.set()
+
+    # -- connections and the time to send a request ---------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            # Over the limit: answered at once and closed, so that descriptors stay bounded.
+            self._event("refused")
+            transport.write(_canned(503, "Service Unavailable", "too many connections; retry later"))
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._arm(self.header_timeout_s, self._header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.client_gone = True
+        self._flushed.set()
+        if self.transport is not None:
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if self._too_large:
+                self._event("too_large")
+                self._close_with(431, "Request Header Fields Too Large", self._too_large_message())
+            else:
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+
+    def _too_large_message(self) -> str:
+        return f"the request headers exceed {self.max_header_bytes} bytes or {self.max_headers} fields"
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        self._header_count = 0
+        self._arm(self.header_timeout_s, self._header_timeout)
+        self.scope[SCOPE_KEY] = self  # type: ignore[literal-required]
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self.max_header_bytes or self._header_count > self.max_headers:
+            self._too_large = True
+            raise _HeadersTooLarge  # httptools turns it into a parser error: see data_received
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        # The whole body must follow within body_timeout_s; a request with no body completes at once.
+        self._arm(self.body_timeout_s, self._body_timeout)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _header_timeout(self) -> None:
+        self._event("header_timeout")
+        if self._header_bytes:
+            self._close_with(
+                408, "Request Timeout", f"the request headers took longer than {self.header_timeout_s:g} s"
+            )
+        else:
+            self.transport.close()  # an idle connection: nothing to answer
+
+    def _body_timeout(self) -> None:
+        self._event("body_timeout")
+        self.body_timed_out = True
+        if self.cycle is not None:
+            # The app sees a disconnect and gives up the request; the client gets the reason.
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self._close_with(408, "Request Timeout", f"the request body took longer than {self.body_timeout_s:g} s")
+
+    # -- the time to read an answer ---------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._flushed.clear()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.write_timeout_s, self._write_timeout)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._flushed.set()
+
+    def _write_timeout(self) -> None:
+        # The client has not read for write_timeout_s: drop it, and the answer it pinned in memory.
+        self._write_timer = None
+        self._event("write_timeout")
+        self.client_gone = True
+        self.transport.abort()
+
+    async def flushed(self) -> bool:
+        """Wait until the answer has left the write buffer (or the client is gone); True if it left."""
+        await self._flushed.wait()
+        return not self.client_gone
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, callback: Any) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _close_with(self, status: int, reason: str, message: str) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(_canned(status, reason, message))
+            self.transport.close()
+
+    def _event(self, kind: str) -> None:
+        log.debug("connection %s: %s", self.client, kind)
+        if self.on_event is not None:
+            self.on_event(kind)
+
+
+def guarded_protocol(settings: Any, on_event: Any = None) -> type[GuardedProtocol]:
+    """The protocol class with this server's limits (uvicorn instantiates it per connection)."""
+    return type(
+        "AttnserveProtocol",
+        (GuardedProtocol,),
+        {
+            "max_connections": settings.max_connections,
+            "max_header_bytes": settings.max_header_bytes,
+            "max_headers": settings.max_headers,
+            "header_timeout_s": settings.header_timeout_s,
+            "body_timeout_s": settings.body_timeout_s,
+            "write_timeout_s": settings.write_timeout_s,
+            "on_event": staticmethod(on_event) if on_event else None,
+        },
+    )
