@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -56,14 +59,34 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log.error("checkpoint not found: %s (run 'make model' or 'python -m model' first)", args.checkpoint)
         return 2
-    write_bundle(model, tokenizer_json, metrics, args.out, name, version)
+    # Written and verified beside --out, then put in its place: a failed export leaves the old bundle
+    # as it was, and a bundle that failed parity is never where a server would load it.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
     try:
-        verify_bundle(model, args.out)
+        write_bundle(model, tokenizer_json, metrics, staging, name, version)
+        verify_bundle(model, staging)
     except ParityError as e:
-        log.error("verification failed, the bundle in %s is not usable: %s", args.out, e)
+        log.error("verification failed; %s is left as it was: %s", args.out, e)
+        shutil.rmtree(staging)
         return 1
+    except BaseException:
+        shutil.rmtree(staging)
+        raise
+    replace_dir(staging, args.out)
     log.info("bundle verified: %s", args.out)
     return 0
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put `new` at `target`; the old target (if any) is moved aside first and removed after."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 if __name__ == "__main__":

@@ -91,11 +91,10 @@ class SharedWeights:
 def write_bundle(
     model: AttentionLM, tokenizer_json: str, metrics: dict, out_dir: Path, name: str, version: str
 ) -> dict:
-    """Export every graph into out_dir and write the manifest; returns the manifest."""
+    """Export every graph into out_dir (new or empty) and write the manifest; returns the manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.iterdir():
-        if stale.is_file():
-            stale.unlink()
+    if any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty: a bundle is written into a fresh directory")
     with tempfile.TemporaryDirectory() as tmp, open(out_dir / WEIGHTS_FILE, "wb") as weights_file:
         weights = SharedWeights(weights_file, WEIGHTS_FILE)
         for spec in GRAPHS.values():

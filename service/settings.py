@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "bundles" / "default"
@@ -108,6 +108,11 @@ class Settings(BaseSettings):
 
     def origins(self) -> list[str]:
         return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, v: object) -> object:
+        return None if v == "" else v  # compose passes every setting, unset ones as ""
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

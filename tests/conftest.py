@@ -16,6 +16,18 @@ import pytest
 from tests.toy import build_toy_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _gpu_usable() -> bool:
+    import onnxruntime as ort
+
+    from service.core.engine import CUDA, gpu_present
+
+    return CUDA in ort.get_available_providers() and gpu_present()
+
+
+# Most tests pin DEVICE=cpu; the few about device choice expect what this machine has.
+GPU = _gpu_usable()
 DEFAULT_BUNDLE = ROOT / "bundles" / "default"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from bundlespec import GRAPHS, TOKENIZER_FILE, BundleFormatError, Manifest, read_manifest, sha256_file
+from bundlespec import GRAPHS, TOKENIZER_FILE, WEIGHTS_FILE, BundleFormatError, Manifest, read_manifest, sha256_file
 from bundlespec.manifest import Architecture
 from service.core.errors import BundleError
 
@@ -59,6 +59,8 @@ def load_bundle(path: Path) -> Bundle:
         if sha256_file(file) != want:
             raise BundleError(f"bundle file corrupt: {file} does not match the sha256 in the manifest")
     needed = {g.file for g in manifest.graphs.values()} | {TOKENIZER_FILE}
+    if (path / WEIGHTS_FILE).exists():  # the graphs' external data: unlisted, it would go unchecked
+        needed.add(WEIGHTS_FILE)
     if not needed <= set(manifest.files):
         raise BundleError(f"{path}: files {sorted(needed - set(manifest.files))} are not listed with a sha256")
     tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))

@@ -1,4 +1,4 @@
-"""The Dockerfile passes hadolint at error level, and the compose file parses as Compose."""
+"""The Dockerfile passes hadolint at error level, and the compose file parses as Compose and passes every setting."""
 
 import shutil
 import subprocess
@@ -27,3 +27,21 @@ def test_compose_file_matches_the_compose_spec():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_passes_every_setting_on_with_the_services_own_default():
+    import re
+
+    import yaml
+
+    from service.settings import Settings
+
+    settings = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["x-settings"]
+    assert set(settings) == {name.upper() for name in Settings.model_fields} - {"HOST", "PORT"}
+    defaults = Settings()
+    for name, value in settings.items():
+        default = re.fullmatch(r"\$\{(\w+):-(.*)\}", value)
+        assert default and default.group(1) == name, value
+        if name != "MODEL_DIR":  # the image's own path
+            parsed = Settings(**{name.lower(): default.group(2)})
+            assert getattr(parsed, name.lower()) == getattr(defaults, name.lower()), name

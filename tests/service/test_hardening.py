@@ -314,3 +314,27 @@ def test_sigterm_keeps_serving_through_the_drain_window_then_exits(toy_bundle, s
     window = [code for at, code in results if term <= at < term + 1.7]
     assert window and all(code == 200 for code in window), window
     assert all(code == 200 for at, code in results if at < term)
+
+
+def test_an_unhandled_error_is_a_500_that_carries_its_request_id():
+    # In process, around an app that fails: no route of the real server fails on purpose.
+    from types import SimpleNamespace
+
+    from service.budget import ResponseBudget
+    from service.metrics import Metrics
+    from service.middleware import RequestContext
+    from service.settings import Settings
+
+    async def failing_app(scope, receive, send):
+        raise RuntimeError("a bug")
+
+    metrics = Metrics()
+    app = RequestContext(failing_app, metrics, Settings(), SimpleNamespace(draining=False), ResponseBudget(10**6))
+
+    async def call() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.post("/v1/next-token", json={"texts": ["x"]}, headers={"X-Request-ID": "abc123"})
+
+    r = asyncio.run(call())
+    assert r.status_code == 500 and r.headers["x-request-id"] == "abc123"
+    assert r.json()["error"]["type"] == "internal_error"
