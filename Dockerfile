@@ -1,20 +1,18 @@
 # attnserve serving image: the service, ONNX Runtime and the default bundle; no torch, no compilers.
 #   GPU (default): docker build -t attnserve .
-#   CPU only:      docker build -t attnserve:cpu --build-arg ORT_PACKAGE=onnxruntime .
+#   CPU only:      docker build -t attnserve:cpu --build-arg LOCK=requirements/image-cpu.txt .
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS deps
-# onnxruntime-gpu's cuda and cudnn extras bring the CUDA and cuDNN libraries from pip, so a slim
-# Python base works with the NVIDIA container runtime.
-ARG ORT_PACKAGE="onnxruntime-gpu[cuda,cudnn]"
+# The dependencies come from a lock file (exact versions, each file's hash), in a layer of their
+# own: code changes do not reinstall them. The GPU lock's onnxruntime-gpu brings the CUDA and cuDNN
+# libraries from pip, so a slim Python base works with the NVIDIA container runtime.
+ARG LOCK=requirements/image-gpu.txt
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# Dependencies come from pyproject.toml alone, in a layer of their own: code changes do not reinstall them.
-COPY pyproject.toml /tmp/pyproject.toml
-RUN python -c "import tomllib; deps = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']; \
-print('\n'.join(d for d in deps if not d.startswith('onnxruntime')))" > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt "${ORT_PACKAGE}"
+COPY requirements/ /tmp/requirements/
+RUN pip install --require-hashes --no-deps -r "/tmp/${LOCK}"
 
 FROM deps AS loadtest
 # The Locust image of the compose file's loadtest profile.

@@ -7,23 +7,36 @@ CORPUS ?= https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinysh
 BUNDLE ?= bundles/default
 RUN ?= runs/default
 
-.PHONY: serve install test lint model bench screenshots clean
+.PHONY: serve install test lint model bench screenshots lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-# The serving install: onnxruntime, FastAPI and friends; no torch.
-$(VENV)/.serve: pyproject.toml | $(PY)
-	$(PIP) install -e .
+# The serving install, from the lock file (exact versions, every file's hash): onnxruntime, FastAPI
+# and friends; no torch. The project itself goes in last, without dependencies of its own.
+$(VENV)/.serve: pyproject.toml requirements/serve.txt | $(PY)
+	$(PIP) install --require-hashes --no-deps -r requirements/serve.txt
+	$(PIP) install --no-deps -e .
 	touch $@
 
-# Training, export and test tools. torch is pinned and installed first, on its own: any other
-# torch request would pull several GB of CUDA packages.
-$(VENV)/.dev: pyproject.toml $(VENV)/.serve
+# Training, export and test tools, from their lock. torch is pinned and installed first, on its own
+# (any other torch request would pull several GB of CUDA packages), so the lock leaves it out.
+$(VENV)/.dev: pyproject.toml requirements/dev.txt $(VENV)/.serve
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[train,test,loadtest]'
+	$(PIP) install --require-hashes --no-deps -r requirements/dev.txt
+	$(PIP) install --no-deps -e .
 	touch $@
+
+# Rewrite the lock files from pyproject.toml (needs the package index): make lock, then commit them.
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --no-header -q
+lock: | $(PY)
+	$(PIP) install uv
+	$(UV_COMPILE) -o requirements/serve.txt
+	$(UV_COMPILE) --extra train --extra test --extra loadtest --override requirements/no-torch.txt -o requirements/dev.txt
+	$(UV_COMPILE) requirements/onnxruntime-cpu.in --override requirements/no-onnxruntime-gpu.txt -o requirements/image-cpu.txt
+	$(UV_COMPILE) requirements/onnxruntime-gpu.in -o requirements/image-gpu.txt
 
 install: $(VENV)/.serve
 

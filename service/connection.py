@@ -36,7 +36,7 @@ class _HeadersTooLarge(Exception):
 class GuardedProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with the limits of service.settings (set on a subclass by guarded_protocol())."""
 
-    max_connections = 2048
+    max_connections = 1024
     max_header_bytes = 16384
     max_headers = 100
     header_timeout_s = 10.0

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
 
     # -- the connection layer (service/connection.py) ---------------------------------------------
     max_connections: int = Field(
-        2048, ge=1, description="Open connections at most; more are answered 503 and closed at once."
+        1024, ge=1, description="Open connections at most; more are answered 503 and closed at once."
     )
     max_header_bytes: int = Field(16384, ge=1024, description="Request line and headers, in bytes; larger get 431.")
     max_headers: int = Field(100, ge=8, description="Header fields per request; more get 431.")

@@ -77,8 +77,12 @@ function meanOverHeads(l, q, k) {
 // -- the API -------------------------------------------------------------------------------------
 
 async function api(path, body) {
-  const init = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  const headers = body === undefined ? {} : { "Content-Type": "application/json" };
+  const key = sessionStorage.getItem("attnserve-key");
+  if (key) headers.Authorization = `Bearer ${key}`; // a server with API_KEYS set asks for one
+  const init = body === undefined ? { headers } : { method: "POST", headers, body: JSON.stringify(body) };
   const r = await fetch(path, init);
+  if (r.status === 401) $("key-row").hidden = false;
   if (!r.ok) {
     let message = `${r.status} ${r.statusText}`;
     try {
@@ -739,6 +743,10 @@ function wire() {
 
 async function start() {
   setStatus("busy");
+  $("key-save").addEventListener("click", () => {
+    sessionStorage.setItem("attnserve-key", $("api-key").value.trim());
+    location.reload();
+  });
   try {
     const card = (await (await api("/v1/models")).json()).data[0];
     model = { id: card.id, n_layer: card.n_layer, n_head: card.n_head, context_length: card.context_length };

@@ -37,7 +37,7 @@ def env(tmp_path_factory):
         "--target",
         "serve",
         "--build-arg",
-        "ORT_PACKAGE=onnxruntime",
+        "LOCK=requirements/image-cpu.txt",
         "-t",
         IMAGE,
         str(ROOT),

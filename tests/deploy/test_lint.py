@@ -45,3 +45,35 @@ def test_compose_passes_every_setting_on_with_the_services_own_default():
         if name != "MODEL_DIR":  # the image's own path
             parsed = Settings(**{name.lower(): default.group(2)})
             assert getattr(parsed, name.lower()) == getattr(defaults, name.lower()), name
+
+
+def test_the_readme_documents_every_setting():
+    from service.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in readme]
+    assert missing == []
+
+
+def test_the_lock_files_pin_every_dependency_with_hashes():
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def pinned(lock: str) -> dict[str, str]:
+        text = (ROOT / "requirements" / lock).read_text()
+        pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+) \\$", text, re.M))
+        assert text.count("--hash=sha256:") >= len(pins) > 0, lock
+        return {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in pins.items()}
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.sub(r"[-_.]+", "-", re.split(r"[\s\[<>=;!~]", r, maxsplit=1)[0]).lower() for r in requirements}
+
+    serve = pinned("serve.txt")
+    assert names(project["dependencies"]) <= set(serve)
+    dev = pinned("dev.txt")
+    extras = [r for group in ("train", "test", "loadtest") for r in project["optional-dependencies"][group]]
+    assert names(extras) - {"torch"} <= set(dev) and "torch" not in dev  # torch comes first, on its own
+    assert "onnxruntime" in pinned("image-cpu.txt") and "onnxruntime-gpu" not in pinned("image-cpu.txt")
+    assert "onnxruntime-gpu" in pinned("image-gpu.txt")

@@ -42,9 +42,9 @@ class Page:
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("request", lambda r: self.requests.append(r.url))
 
-    def open(self, query: str = f"text={quote(TEXT)}") -> None:
+    def open(self, query: str = f"text={quote(TEXT)}", status: str = "ready") -> None:
         self.page.goto(f"{self.server.url}/?{query}")
-        self.wait()
+        self.wait(status)
 
     def wait(self, status: str = "ready", timeout: float = 30_000) -> None:
         self.page.wait_for_selector(f"body[data-status={status}]", timeout=timeout)
@@ -264,3 +264,17 @@ def test_a_full_context_model_view_renders(browser, tmp_path_factory, record_pro
         page.close()
     finally:
         server.stop()
+
+
+def test_a_server_with_api_keys_asks_the_page_for_one(browser, toy_bundle, server_factory):
+    server = server_factory(toy_bundle, api_keys="s3cret")
+    page = Page(browser, server)
+    try:
+        page.open(status="error")  # the page itself is open (EXPLORER_NEED_KEY=false); the API is not
+        assert "API key" in page.page.inner_text("#error") and page.page.is_visible("#api-key")
+        page.page.fill("#api-key", "s3cret")
+        page.page.click("#key-save")
+        page.wait()
+        assert len(page.page.query_selector_all("#tokens span")) > 1
+    finally:
+        page.close()
