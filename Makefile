@@ -7,7 +7,7 @@ CORPUS ?= https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinysh
 BUNDLE ?= bundles/default
 RUN ?= runs/default
 
-.PHONY: serve install test lint model bench screenshots lock clean
+.PHONY: serve install test lint model int8 bench screenshots lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ model: $(VENV)/.dev
 	$(PY) -m export --checkpoint $(RUN)/checkpoint.pt --out $(BUNDLE)
 	mkdir -p docs && cp $(RUN)/metrics.json docs/training_metrics.json && cp $(RUN)/loss_curve.png docs/loss_curve.png
 
+# The int8 variant of the default bundle (next-token and score graphs quantized), as its own bundle:
+# Serve it with: MODEL_DIR=bundles/int8 make serve
+int8: $(VENV)/.dev
+	$(PY) -m export.quantize --bundle $(BUNDLE) --out bundles/int8
+
 # Triton for the benchmark's comparison column: PyTriton pins numpy 1.x, so it gets its own venv.
 .venv-triton/.ok:
 	$(PYTHON) -m venv .venv-triton
@@ -65,7 +70,7 @@ model: $(VENV)/.dev
 
 # Engine and serving benchmarks: rewrites BENCHMARKS.md and docs/bench/ (needs wrk: apt-get install wrk).
 bench: $(VENV)/.dev .venv-triton/.ok
-	$(PY) -m loadtest.bench
+	$(PY) -m loadtest.bench --corpus $(CORPUS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -39,6 +39,8 @@ class GraphEntry(BaseModel):
     file: str
     inputs: list[str]
     outputs: list[str]
+    # "int8" for a graph with quantized MatMul weights (export/quantize.py); attention is never quantized.
+    precision: str = "float32"
 
 
 class WeightLocation(BaseModel):

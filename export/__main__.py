@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         shutil.rmtree(staging)
         raise
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from a container's non-root user
     replace_dir(staging, args.out)
     log.info("bundle verified: %s", args.out)
     return 0

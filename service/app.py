@@ -62,6 +62,9 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
 
     docs = settings.docs_enabled
     app = FastAPI(
+        # FastAPI's built-in OpenTelemetry hooks ask on every request whether a provider is set up;
+        # the service has its own Prometheus metrics, so they are off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,

@@ -140,7 +140,10 @@ class InferenceCore:
     # -- inputs ----------------------------------------------------------------------------------
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.bundle.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        tokenizer = self.bundle.tokenizer
+        if len(texts) == 1:  # encode_batch hands even one text to its thread pool, which costs more
+            return [tokenizer.encode(texts[0], add_special_tokens=False).ids]
+        return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
     async def encode_async(self, texts: Sequence[str]) -> list[list[int]]:
         """encode(), in a thread for large inputs: tokenizing a megabyte takes the event loop too long."""

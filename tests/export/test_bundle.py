@@ -170,3 +170,23 @@ def test_verification_catches_a_decode_graph_that_ignores_the_cache(toy, tmp_pat
         model.blocks[-1].attn.w_v.weight.mul_(1.5)  # changes what cached values mean
     with pytest.raises(ParityError, match="decode"):
         verify_generation(model, tmp_path / "b", trials=1, rng=np.random.default_rng(0))
+
+
+def test_the_int8_variant_quantizes_next_token_and_score_and_keeps_attention_exact(toy_bundle, tmp_path):
+    from export.quantize import quantize_bundle
+    from service.core.engine import Engine
+
+    quantize_bundle(toy_bundle, tmp_path / "int8")
+    bundle = load_bundle(tmp_path / "int8")  # every hash checks out
+    precision = {name: g.precision for name, g in bundle.manifest.graphs.items()}
+    assert precision == {"next_token": "int8", "score": "int8", "attention": "float32", "prefill": "float32",
+                         "decode": "float32"}  # fmt: skip
+    assert bundle.name == "toy-int8"
+    int8, fp32 = Engine(bundle, "cpu", max_padding=0.1), Engine(load_bundle(toy_bundle), "cpu", max_padding=0.1)
+    graph = onnx.load(str(tmp_path / "int8" / "next_token.onnx"), load_external_data=False)
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in graph.graph.initializer)
+    rows = [np.array(bundle.tokenizer.encode(t).ids, dtype=np.int64) for t in ("I do not like", "we do like like.")]
+    for a, b in zip(int8.run("next_token", rows), fp32.run("next_token", rows), strict=True):
+        assert np.argmax(a) == np.argmax(b) and np.abs(np.exp(a) - np.exp(b)).max() < 0.05
+    for a, b in zip(int8.run("attention", rows), fp32.run("attention", rows), strict=True):
+        np.testing.assert_array_equal(a, b)  # the same float32 graph, untouched

@@ -33,9 +33,9 @@ router = APIRouter(prefix="/v1", tags=["model"], responses=ERRORS, route_class=S
 
 
 @router.post("/next-token", response_model=NextTokenResponse)
-async def next_token(body: NextTokenRequest, core: Core) -> NextTokenResponse:
+async def next_token(body: NextTokenRequest, core: Core) -> Response:
     """Top-k next tokens, with probabilities, for each input."""
-    return await serving.next_token(core, body)
+    return Response(await serving.next_token(core, body), media_type="application/json")
 
 
 @router.post("/attention", response_model=AttentionResponse)

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import numpy as np
 import orjson
 
 from service.api.native.protocol import (
     AttentionRequest,
     Inputs,
     NextTokenRequest,
-    NextTokenResponse,
-    NextTokenResult,
     ScoreRequest,
     ScoreResponse,
     ScoreResult,
-    TokenProb,
 )
 from service.budget import Reservation
 from service.core.inference import InferenceCore, Row
@@ -31,22 +28,26 @@ async def rows(core: InferenceCore, req: Inputs) -> list[Row]:
     return core.rows(encoded, req.truncate)
 
 
-async def next_token(core: InferenceCore, req: NextTokenRequest) -> NextTokenResponse:
+async def next_token(core: InferenceCore, req: NextTokenRequest) -> bytes:
+    """The JSON answer, written directly: the hot path skips building and re-validating response models
+    (NextTokenResponse stays the documented shape; tests/service/test_schemathesis.py checks answers against it)."""
     results = await core.next_token(await rows(core, req), req.top_k, req.temperature)
     text = core.token_text
-    return NextTokenResponse(
-        model=core.name,
-        results=[
-            NextTokenResult(
-                n_tokens=len(r.row.ids),
-                truncated=r.row.truncated,
-                top=[
-                    TokenProb(token=text[t], token_id=int(t), prob=float(np.exp(lp)), logprob=float(lp))
-                    for t, lp in zip(r.token_ids, r.logprobs, strict=True)
-                ],
-            )
-            for r in results
-        ],
+    return orjson.dumps(
+        {
+            "model": core.name,
+            "results": [
+                {
+                    "n_tokens": len(r.row.ids),
+                    "truncated": r.row.truncated,
+                    "top": [
+                        {"token": text[t], "token_id": t, "prob": math.exp(lp), "logprob": lp}
+                        for t, lp in zip(r.token_ids.tolist(), r.logprobs.tolist(), strict=True)
+                    ],
+                }
+                for r in results
+            ],
+        }
     )
 
 

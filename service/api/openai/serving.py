@@ -61,6 +61,7 @@ class OpenAIServing:
             n_head=arch.n_head,
             d_model=arch.d_model,
             provider=core.provider,
+            precision={name: g.precision for name, g in core.bundle.manifest.graphs.items()},
             batching={
                 "max_batch_size": s.max_batch_size,
                 "max_batch_delay_ms": s.max_batch_delay_ms,

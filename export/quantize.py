@@ -1,0 +1,75 @@
+"""An int8 variant of a bundle, as a bundle of its own: python -m export.quantize (make int8).
+
+The next-token and score graphs get int8 MatMul weights from ONNX Runtime's dynamic quantization
+(activations are quantized per call, weights once, per output channel), which the CPU runs with
+its integer dot-product instructions. The attention, prefill and decode graphs stay float32: the
+attention weights are the product, and they stay exact. Each graph's precision is in the manifest,
+and the service reports it in /v1/models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bundlespec import MANIFEST_FILE, read_manifest, sha256_file
+
+log = logging.getLogger("export.quantize")
+QUANTIZED = ("next_token", "score")
+
+
+def quantize_bundle(src: Path, out: Path) -> dict:
+    """Write the int8 variant of the bundle at src into out (replaced only once it is complete)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    manifest = read_manifest(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for f in manifest.files:
+            shutil.copy2(src / f, staging / f)
+        raw = json.loads((src / MANIFEST_FILE).read_text())
+        for name in QUANTIZED:
+            graph = manifest.graphs[name].file
+            (staging / graph).unlink()
+            quantize_dynamic(
+                src / graph,
+                staging / graph,
+                op_types_to_quantize=["MatMul"],
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+            )
+            raw["graphs"][name]["precision"] = "int8"
+            log.info("%s: %d -> %d bytes", graph, (src / graph).stat().st_size, (staging / graph).stat().st_size)
+        raw["name"] = f"{manifest.name}-int8"
+        raw["files"] = {f: sha256_file(staging / f) for f in manifest.files}
+        (staging / MANIFEST_FILE).write_text(json.dumps(raw, indent=2) + "\n")
+        read_manifest(staging)  # the contract still holds
+    except BaseException:
+        shutil.rmtree(staging)
+        raise
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from a container's non-root user
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
+    p.add_argument("--out", type=Path, default=Path("bundles/int8"))
+    args = p.parse_args(argv)
+    quantize_bundle(args.bundle, args.out)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
