@@ -125,7 +125,7 @@ def engine_bench(bundle_dir: Path) -> dict:
             row["torch_tokens_per_s"] = batch * length / row["torch_next_token_ms"] * 1000
             for kind in ONE_SHOT:
                 row[f"ort_{kind}_gflops"] = (
-                    forward_flops(bundle.config, batch, length, kind) / row[f"ort_{kind}_ms"] / 1e6
+                    forward_flops(bundle.arch.model_dump(), batch, length, kind) / row[f"ort_{kind}_ms"] / 1e6
                 )
             log.info(
                 "engine B=%d T=%d: ORT %.2f ms, torch %.2f ms (%.1fx)",
@@ -156,7 +156,7 @@ def engine_bench(bundle_dir: Path) -> dict:
         "workload_rows_per_s": workload,
         "workload_padded_rows_per_s": padded,
         "peak_gflops": matmul_peak_gflops(),
-        "config": bundle.config,
+        "config": bundle.arch.model_dump(),
         "provider": engine.provider,
     }
 
@@ -636,7 +636,7 @@ def toy_http_bench(seconds: float, work: Path) -> dict:
     return {"servers": drive(servers, seconds, work), "body_bytes": len(body)}
 
 
-def toy_report(results: dict) -> list[str]:
+def toy_report(results: dict, docs: Path) -> list[str]:
     toy = results.get("toy_http")
     if not toy:
         return []
@@ -656,6 +656,26 @@ def toy_report(results: dict) -> list[str]:
             f"| {a['concurrency']} | {a['rps']:.0f} | {b['rps']:.0f} | {a['rps'] / b['rps']:.0%} | {a['p99_ms']:.1f} | "
             f"{b['p99_ms']:.1f} | {a.get('loop_us_per_request', 0):.0f} |"
         )
+    before_file = docs / "toy_http_before.json"
+    if before_file.exists():
+        # The lean-path change, measured with this section before it (its commit) and in this run after.
+        before = json.loads(before_file.read_text())
+        then = {p["concurrency"]: p for p in before["servers"]["service, toy model"]}
+        out += [
+            "",
+            f"The request path before and after the lean-path change (before: commit {before['commit']}, "
+            f"`{before['note']}`; after: this run):",
+            "",
+            "| clients | loop µs/request before | after | req/s before | after |",
+            "|---|---|---|---|---|",
+        ]
+        for a in ours:
+            b = then.get(a["concurrency"])
+            if b:
+                out.append(
+                    f"| {a['concurrency']} | {b['loop_us_per_request']:.0f} | {a['loop_us_per_request']:.0f} | "
+                    f"{b['rps']:.0f} | {a['rps']:.0f} |"
+                )
     return [*out, ""]
 
 
@@ -1068,7 +1088,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         f"service reaches {best_service / http_limit:.0%} of it.",
         "",
         *kserve_report(results),
-        *toy_report(results),
+        *toy_report(results, docs),
         *generation_report(results),
         *payload_report(results),
         *explorer_report(results),

@@ -1,4 +1,6 @@
-"""JSON bodies read strictly: a key given twice, or bytes that are not UTF-8, are malformed JSON.
+"""Route classes: JSON bodies read strictly, and errors in each protocol's shape.
+
+JSON bodies are read strictly: a key given twice, or bytes that are not UTF-8, are malformed JSON.
 
 Python's json keeps the last of duplicate keys silently, so `{"top_k": 1, "top_k": 50}` would
 mean whatever the parser chose. FastAPI reads the body through Request.json(), so a route class
@@ -50,5 +52,24 @@ class StrictJSONRoute(APIRoute):
 
         async def handle(request: Request) -> Response:
             return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return handle
+
+
+class ProtocolRoute(StrictJSONRoute):
+    """A route that answers every error its handler raises, request validation included, in its
+    protocol's own shape: subclasses set `render` (exception -> response)."""
+
+    render: Callable[[Exception], Response]
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        render = type(self).render
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as e:
+                return render(e)
 
         return handle

@@ -7,17 +7,16 @@ or version, 503 with Retry-After when overloaded or draining, 504 past REQUEST_T
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from service.api.kserve.codec import HEADER_LENGTH, InferRequestHeader, V2Error, decompress, parse_request
 from service.api.kserve.serving import MODELS, V2Model, V2Serving
+from service.api.strict import ProtocolRoute
 from service.budget import reservation
 from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
 
@@ -49,19 +48,10 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     )
 
 
-class V2Route(APIRoute):
-    """Answers every error a handler raises in the protocol's own shape."""
+class V2Route(ProtocolRoute):
+    """Every error in the protocol's own shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as e:
-                return error_response(*error_body(e))
-
-        return handle
+    render = staticmethod(lambda e: error_response(*error_body(e)))
 
 
 async def get_v2(request: Request) -> V2Serving:
@@ -111,12 +101,9 @@ async def repository_index(s: V2) -> list[dict[str, str]]:
     return [{"name": name, "version": s.version, "state": "READY"} for name in s.models()]
 
 
-models = APIRouter(route_class=V2Route)
-
-
-async def get_model(request: Request, name: ModelName, s: V2) -> V2Model:
+async def get_model(request: Request, name: ModelName) -> V2Model:
     """The model the path names, at the version it names when it names one (else 404)."""
-    return s.model(name, request.path_params.get("version"))
+    return request.app.state.v2.model(name, request.path_params.get("version"))
 
 
 async def _version(version: Annotated[str, Path(examples=["1"])]) -> None:
@@ -126,19 +113,16 @@ async def _version(version: Annotated[str, Path(examples=["1"])]) -> None:
 Model = Annotated[V2Model, Depends(get_model)]
 
 
-@models.get("")
-async def model_metadata(m: Model, s: V2) -> dict[str, Any]:
+async def model_metadata(m: Model, request: Request) -> dict[str, Any]:
     """A model's inputs and outputs with their datatypes and shapes (-1: variable)."""
-    return s.model_metadata(m)
+    return request.app.state.v2.model_metadata(m)
 
 
-@models.get("/config")
-async def model_config(m: Model, s: V2) -> dict[str, Any]:
+async def model_config(m: Model, request: Request) -> dict[str, Any]:
     """Triton's model configuration: inputs (all optional; give text or input_ids), outputs, batching."""
-    return s.model_config(m)
+    return request.app.state.v2.model_config(m)
 
 
-@models.get("/ready", response_class=Response, responses=EMPTY)
 async def model_ready(m: Model, request: Request) -> Response:
     """200 when the model can take requests."""
     return Response(status_code=200 if _ready(request) else 503)
@@ -170,9 +154,9 @@ INFER_BODY = {
 }
 
 
-@models.post("/infer", openapi_extra=INFER_BODY)
-async def infer(m: Model, request: Request, s: V2) -> Response:
+async def infer(m: Model, request: Request) -> Response:
     """Run a model on JSON or binary tensors (the binary tensor data extension)."""
+    s: V2Serving = request.app.state.v2
     body = decompress(await request.body(), request.headers.get("content-encoding"), s.core.settings.max_body_bytes)
     parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
     content, header_length = await s.infer(m, parsed, reservation(request.scope))
@@ -183,5 +167,22 @@ async def infer(m: Model, request: Request, s: V2) -> Response:
     )
 
 
-router.include_router(models, prefix="/models/{name}")
-router.include_router(models, prefix="/models/{name}/versions/{version}", dependencies=[Depends(_version)])
+def _add_model_routes() -> None:
+    """Each model route twice, without and with /versions/{version}, flat on the router: an included
+    sub-router is matched anew on every request, which costs the hot path."""
+    for base in ("/models/{name}", "/models/{name}/versions/{version}"):
+        versioned = [Depends(_version)] if "{version}" in base else []
+        router.add_api_route(base, model_metadata, methods=["GET"], dependencies=versioned)
+        router.add_api_route(base + "/config", model_config, methods=["GET"], dependencies=versioned)
+        router.add_api_route(
+            base + "/ready",
+            model_ready,
+            methods=["GET"],
+            dependencies=versioned,
+            response_class=Response,
+            responses=EMPTY,
+        )
+        router.add_api_route(base + "/infer", infer, methods=["POST"], dependencies=versioned, openapi_extra=INFER_BODY)
+
+
+_add_model_routes()

@@ -60,12 +60,12 @@ class V2Model:
     classified: str | None = None  # the output that the classification extension applies to
 
 
-def input_metas() -> list[TensorMeta]:
-    return [
-        TensorMeta("text", BYTES, [-1], "UTF-8 texts, one per row (shape [-1] or [-1, 1])", optional=True),
-        TensorMeta("input_ids", "INT64", [-1, -1], "token ids, one row per input, instead of text", optional=True),
-        TensorMeta("attention_mask", "INT64", [-1, -1], "1 for the row's tokens, 0 for padding", optional=True),
-    ]
+INPUTS = (
+    TensorMeta("text", BYTES, [-1], "UTF-8 texts, one per row (shape [-1] or [-1, 1])", optional=True),
+    TensorMeta("input_ids", "INT64", [-1, -1], "token ids, one row per input, instead of text", optional=True),
+    TensorMeta("attention_mask", "INT64", [-1, -1], "1 for the row's tokens, 0 for padding", optional=True),
+)
+INPUTS_BY_NAME = {t.name: t for t in INPUTS}
 
 
 COMMON_PARAMS = [Param("truncate", bool, "keep the last context_length tokens of a longer input instead of a 400")]
@@ -234,7 +234,7 @@ class V2Serving:
             "name": m.name,
             "versions": [self.version],
             "platform": PLATFORM,
-            "inputs": [t.metadata() for t in input_metas()],
+            "inputs": [t.metadata() for t in INPUTS],
             "outputs": [{**t.metadata(), "shape": self._shape(t.shape)} for t in m.outputs],
         }
 
@@ -255,7 +255,7 @@ class V2Serving:
                     "dims": t.shape,
                     "optional": t.optional,
                 }
-                for t in input_metas()
+                for t in INPUTS
             ],
             "output": [
                 {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": self._shape(t.shape)} for t in m.outputs
@@ -307,11 +307,10 @@ class V2Serving:
         return out
 
     async def _rows(self, inputs: dict[str, Tensor], truncate: bool) -> list[Row]:
-        known = {t.name: t for t in input_metas()}
         for name, t in inputs.items():
-            meta = known.get(name)
+            meta = INPUTS_BY_NAME.get(name)
             if meta is None:
-                raise V2Error(f"unknown input {name!r}; the inputs are {', '.join(known)}")
+                raise V2Error(f"unknown input {name!r}; the inputs are {', '.join(INPUTS_BY_NAME)}")
             if t.datatype != meta.datatype:
                 raise V2Error(f"input {name!r} has datatype {t.datatype}; it must be {meta.datatype}")
         text, ids, mask = inputs.get("text"), inputs.get("input_ids"), inputs.get("attention_mask")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
 from service.api.deps import Core, get_openai
@@ -23,22 +22,13 @@ from service.api.openai.protocol import (
     TokenizerInfo,
 )
 from service.api.openai.serving import OpenAIServing
-from service.api.strict import StrictJSONRoute
+from service.api.strict import ProtocolRoute
 
 
-class OpenAIRoute(StrictJSONRoute):
-    """Catches everything a handler raises, request validation included, and answers in OpenAI's shape."""
+class OpenAIRoute(ProtocolRoute):
+    """Every error in OpenAI's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as e:
-                return error_response(e)
-
-        return handle
+    render = staticmethod(error_response)
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
