@@ -9,16 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from bundlespec import MANIFEST_FILE, TOKENIZER_FILE
 from export.bundle import load_torch_model, write_bundle
+from export.staging import staged
 from export.verify import ParityError, verify_bundle
 from model.config import ModelConfig
 from model.transformer import AttentionLM
@@ -61,33 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Written and verified beside --out, then put in its place: a failed export leaves the old bundle
     # as it was, and a bundle that failed parity is never where a server would load it.
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
     try:
-        write_bundle(model, tokenizer_json, metrics, staging, name, version)
-        verify_bundle(model, staging)
+        with staged(args.out) as staging:
+            write_bundle(model, tokenizer_json, metrics, staging, name, version)
+            verify_bundle(model, staging)
     except ParityError as e:
         log.error("verification failed; %s is left as it was: %s", args.out, e)
-        shutil.rmtree(staging)
         return 1
-    except BaseException:
-        shutil.rmtree(staging)
-        raise
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from a container's non-root user
-    replace_dir(staging, args.out)
     log.info("bundle verified: %s", args.out)
     return 0
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Put `new` at `target`; the old target (if any) is moved aside first and removed after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 if __name__ == "__main__":

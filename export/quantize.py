@@ -14,10 +14,10 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from bundlespec import MANIFEST_FILE, read_manifest, sha256_file
+from export.staging import staged
 
 log = logging.getLogger("export.quantize")
 QUANTIZED = ("next_token", "score")
@@ -28,9 +28,7 @@ def quantize_bundle(src: Path, out: Path) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     manifest = read_manifest(src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged(out) as staging:
         for f in manifest.files:
             shutil.copy2(src / f, staging / f)
         raw = json.loads((src / MANIFEST_FILE).read_text())
@@ -50,13 +48,6 @@ def quantize_bundle(src: Path, out: Path) -> dict:
         raw["files"] = {f: sha256_file(staging / f) for f in manifest.files}
         (staging / MANIFEST_FILE).write_text(json.dumps(raw, indent=2) + "\n")
         read_manifest(staging)  # the contract still holds
-    except BaseException:
-        shutil.rmtree(staging)
-        raise
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from a container's non-root user
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
     return raw
 
 

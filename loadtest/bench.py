@@ -534,27 +534,37 @@ def short_prompt(bundle_dir: Path, tokens: int = SHORT_PROMPT_TOKENS) -> str:
     return tok.decode(ids)
 
 
+def service_answer(env: dict[str, str], body: bytes, work: Path) -> str:
+    """The service's own answer to one next-token request: the body a constant server replays."""
+    import httpx
+
+    server = Server("answer_source", [sys.executable, "-m", "service"], env, work)
+    try:
+        server.wait_ready("/readyz")
+        return httpx.post(
+            server.url + "/v1/next-token", content=body, headers={"content-type": "application/json"}
+        ).text
+    finally:
+        server.stop()
+
+
+def by_concurrency(servers: dict[str, list[dict]]) -> dict[str, dict[int, dict]]:
+    """Each server's points keyed by their concurrency."""
+    return {name: {p["concurrency"]: p for p in points} for name, points in servers.items()}
+
+
 def service_env(bundle_dir: Path) -> dict[str, str]:
     return {"MODEL_DIR": str(bundle_dir), "DEVICE": "cpu", "LOG_LEVEL": "warning"}
 
 
 def serving_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
     """The service against MAX_BATCH_SIZE=1, the HTTP layer alone and a naive PyTorch server."""
-    import httpx
-
     bodies = request_bodies("next-token")
     script = wrk_script(work, "/v1/next-token", bodies)
     py = sys.executable
     env = service_env(bundle_dir)
     # The constant server answers with a real answer of the service, of the size the service sends.
-    first = Server("constant_source", [py, "-m", "service"], env, work)
-    try:
-        first.wait_ready("/readyz")
-        constant_body = httpx.post(
-            first.url + "/v1/next-token", content=bodies[0], headers={"content-type": "application/json"}
-        ).text
-    finally:
-        first.stop()
+    constant_body = service_answer(env, bodies[0], work)
     servers: Servers = {
         "service (dynamic batching)": ([py, "-m", "service"], env, "/readyz", script),
         "service, MAX_BATCH_SIZE=1": ([py, "-m", "service"], {**env, "MAX_BATCH_SIZE": "1"}, "/readyz", script),
@@ -610,20 +620,13 @@ def kserve_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
 def toy_http_bench(seconds: float, work: Path) -> dict:
     """The HTTP-bound regime, where the model costs almost nothing (as on a GPU): the service on the
     tests' toy model against the bare FastAPI endpoint of the same shape, on the same requests."""
-    import httpx
-
     from tests.toy import build_toy_bundle
 
     bundle = build_toy_bundle(work / "toy")
     bodies = request_bodies("next-token", ["I do not like"])
     script = wrk_script(work, "/v1/next-token", bodies, "toy")
     env = service_env(bundle)
-    source = Server("toy_source", [sys.executable, "-m", "service"], env, work)
-    try:
-        source.wait_ready("/readyz")
-        body = httpx.post(source.url + "/v1/next-token", content=bodies[0]).text
-    finally:
-        source.stop()
+    body = service_answer(env, bodies[0], work)
     servers: Servers = {
         "service, toy model": ([sys.executable, "-m", "service"], env, "/readyz", script),
         "bare FastAPI, the same answer": (
@@ -937,7 +940,7 @@ def triton_rows(results: dict, top: int) -> list[str]:
     prompt has the 1.3x target of the lean request path."""
     rows = []
     for label, w in _kserve_workloads(results).items():
-        at = {name: {p["concurrency"]: p for p in pts} for name, pts in w["servers"].items()}
+        at = by_concurrency(w["servers"])
         triton, ours = at.get(TRITON), at.get("service, KServe v2")
         factor = 1.3 if label.startswith("short") else 1.0
         goal = f">= {factor:g}x Triton's throughput at concurrency {top}, {label}, same v2 requests, lower p99"
@@ -1018,7 +1021,7 @@ def kserve_report(results: dict) -> list[str]:
 def report(results: dict, docs: Path, notes: str) -> str:
     engine, serving, check, machine = results["engine"], results["serving"], results["client_check"], results["machine"]
     servers = serving["servers"]
-    at = {name: {p["concurrency"]: p for p in pts} for name, pts in servers.items()}
+    at = by_concurrency(servers)
     dyn, one = at["service (dynamic batching)"], at["service, MAX_BATCH_SIZE=1"]
     naive = at["naive PyTorch server"]
     http_limit = max(p["rps"] for p in servers["bare FastAPI, constant body"])
@@ -1228,7 +1231,7 @@ SUMMARY_START, SUMMARY_END = "<!-- bench-summary: written by make bench -->", "<
 
 def readme_summary(results: dict) -> str:
     """The README's performance summary, from the results alone."""
-    serving = {n: {p["concurrency"]: p for p in pts} for n, pts in results["serving"]["servers"].items()}
+    serving = by_concurrency(results["serving"]["servers"])
     dyn = serving["service (dynamic batching)"]
     lines = [
         f"From the latest `make bench` ({results['machine']['date']}, {results['machine']['cores']} CPU cores, the "
@@ -1238,7 +1241,7 @@ def readme_summary(results: dict) -> str:
         f"{dyn[16]['rps']:.0f} req/s for 16 (p99 {dyn[16]['p99_ms']:.0f} ms);",
     ]
     for label, w in _kserve_workloads(results).items():
-        at = {n: {p["concurrency"]: p for p in pts} for n, pts in w["servers"].items()}
+        at = by_concurrency(w["servers"])
         if TRITON in at:
             ours, tri = at["service, KServe v2"][64], at[TRITON][64]
             lines.append(

@@ -91,11 +91,12 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
         return RedirectResponse("/explorer/" + (f"?{query}" if query else ""))
 
     app.add_middleware(RequestContext, metrics=metrics, settings=settings, state=app.state, budget=app.state.budget)
-    if settings.origins():
+    origins = settings.origins()
+    if origins:
         # Outside RequestContext, so that a preflight needs no key and every answer carries the headers.
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.origins(),
+            allow_origins=origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=[
                 "Authorization",
@@ -110,10 +111,9 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
-        ]
-        invalid = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+        problems = exc.errors()
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in problems]
+        invalid = [e for e in problems if e.get("type") == "json_invalid"]
         if invalid:
             why = invalid[0].get("ctx", {}).get("error", "")
             return error_response(

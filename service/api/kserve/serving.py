@@ -25,6 +25,7 @@ from service.api.kserve.codec import BYTES, InferRequest, Output, Tensor, V2Erro
 from service.budget import Reservation
 from service.core.errors import InputError
 from service.core.inference import InferenceCore, Row, off_loop
+from service.core.sampling import top_indices
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "parameters"]
 PLATFORM = "onnxruntime_onnx"
@@ -46,7 +47,7 @@ class TensorMeta:
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: type  # bool, int, float or str
+    types: tuple[type, ...]  # the JSON types it takes; a bool counts only where bool is listed
     description: str
 
 
@@ -68,7 +69,7 @@ INPUTS = (
 INPUTS_BY_NAME = {t.name: t for t in INPUTS}
 
 
-COMMON_PARAMS = [Param("truncate", bool, "keep the last context_length tokens of a longer input instead of a 400")]
+COMMON_PARAMS = [Param("truncate", (bool,), "keep the last context_length tokens of a longer input instead of a 400")]
 
 
 def _lengths(rows: list[Row]) -> Output:
@@ -159,7 +160,7 @@ MODELS: dict[str, V2Model] = {
                 TensorMeta("next_token_logprobs", "FP32", [-1, -2], "log p(next token) over the vocabulary"),
                 LENGTHS,
             ],
-            [*COMMON_PARAMS, Param("temperature", float, "softmax temperature (0.001 to 100)")],
+            [*COMMON_PARAMS, Param("temperature", (int, float), "softmax temperature (0.001 to 100)")],
             _next_token,
             classified="next_token_logprobs",
         ),
@@ -180,8 +181,8 @@ MODELS: dict[str, V2Model] = {
             ],
             [
                 *COMMON_PARAMS,
-                Param("layers", str, 'layer indices, as an int or "0,2"; all by default'),
-                Param("heads", str, 'head indices, as an int or "0,2"; all by default'),
+                Param("layers", (str, int), 'layer indices, as an int or "0,2"; all by default'),
+                Param("heads", (str, int), 'head indices, as an int or "0,2"; all by default'),
             ],
             _attention,
         ),
@@ -279,7 +280,8 @@ class V2Serving:
         outputs = [o for o in await m.run(self.core, rows, params, set(wanted), held) if o.name in wanted]
         if classify:
             outputs = [self._classify(o, classify[o.name]) if o.name in classify else o for o in outputs]
-        outputs.sort(key=lambda o: list(wanted).index(o.name))
+        order = {name: i for i, name in enumerate(wanted)}
+        outputs.sort(key=lambda o: order[o.name])
         if held is not None and held.held:
             # A large answer (tens of MB) is written in a thread, so that the event loop keeps answering.
             return await off_loop(encode_response, m.name, self.version, header.id, outputs, binary)
@@ -294,14 +296,8 @@ class V2Serving:
             p = known.get(name)
             if p is None:
                 raise V2Error(f"unknown parameter {name!r} for model {m.name!r}; it takes {', '.join(known) or 'none'}")
-            ok = (
-                isinstance(value, bool)
-                if p.kind is bool
-                else (isinstance(value, int | float) and not isinstance(value, bool))
-                if p.kind is float
-                else (isinstance(value, str | int) and not isinstance(value, bool))
-            )
-            if not ok:
+            # bool is an int in Python: it passes only where the parameter takes bools.
+            if not isinstance(value, p.types) or isinstance(value, bool) != (bool in p.types):
                 raise V2Error(f"parameter {name!r} has the wrong type ({type(value).__name__}): {p.description}")
             out[name] = value
         return out
@@ -374,9 +370,8 @@ class V2Serving:
     def _classify(self, o: Output, k: int) -> Output:
         """Triton's classification extension: the top k of each row as "value:index:label", best first."""
         values = np.asarray(o.value)
-        top = np.argsort(-values, axis=1, kind="stable")[:, :k]
         text = self.core.token_text
-        items = [f"{str(values[i, j])}:{j}:{text[j]}".encode() for i in range(values.shape[0]) for j in top[i].tolist()]
+        items = [f"{str(row[j])}:{j}:{text[j]}".encode() for row in values for j in top_indices(row, k).tolist()]
         return Output(o.name, BYTES, items, (values.shape[0], k))
 
 
