@@ -15,6 +15,7 @@ from service.connection import guarded_protocol
 from service.core.bundle import load_bundle
 from service.core.engine import choose_providers
 from service.core.errors import BundleError, DeviceError
+from service.problems import summary
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -49,8 +50,7 @@ def main() -> int:
     try:
         settings = Settings()
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors())
-        print(f"attnserve: invalid settings: {problems}", file=sys.stderr)
+        print(f"attnserve: invalid settings: {summary(e.errors(), limit=50, upper=True)}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,12 +26,14 @@ from service.api.kserve.serving import V2Serving
 from service.api.native.routes import router as native
 from service.api.openai.routes import router as openai
 from service.api.openai.serving import OpenAIServing
+from service.api.schema import fill_bounds, model_bounds
 from service.budget import ResponseBudget
 from service.core.bundle import Bundle, load_bundle
 from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
 from service.core.inference import InferenceCore
 from service.metrics import Metrics
 from service.middleware import RequestContext
+from service.problems import message_of, summary
 from service.responses import error_response
 from service.settings import Settings
 
@@ -77,6 +80,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     app.state.stopping = False  # SIGTERM came: not ready, but still serving (DRAIN_DELAY_S)
     app.state.draining = False  # the listener is closing: work is refused
     app.state.metrics = metrics
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.budget = ResponseBudget(settings.max_inflight_bytes, metrics.inflight_bytes.set)
     app.include_router(native)
     app.include_router(openai)
@@ -112,15 +116,14 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = exc.errors()
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in problems]
+        errors = [{"loc": list(e.get("loc", ())), "msg": message_of(e), "type": e.get("type", "")} for e in problems]
         invalid = [e for e in problems if e.get("type") == "json_invalid"]
         if invalid:
             why = invalid[0].get("ctx", {}).get("error", "")
             return error_response(
                 400, "malformed_json", f"the request body is not valid JSON: {why}".rstrip(": "), errors
             )
-        summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
-        return error_response(422, "invalid_request", summary, errors)
+        return error_response(422, "invalid_request", summary(problems), errors)
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -143,3 +146,17 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
         return error_response(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
 
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, plus the bounds that only the served bundle knows (token ids, layers...)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)  # builds and keeps app.openapi_schema
+        core = getattr(app.state, "core", None)
+        if core is None:
+            app.openapi_schema = None  # not started: kept only once the bounds are known
+            return schema
+        b = core.bundle
+        fill_bounds(schema, model_bounds(b.vocab_size, b.arch.n_layer, b.arch.n_head))
+        return schema
+    return app.openapi_schema

@@ -54,6 +54,9 @@ class ResponseBudget:
             self._observe(self.used)
 
 
+# Bytes held per returned attention weight while the answer exists: the float32 array and its JSON
+# text (a full-context answer measured 8.7 bytes of JSON per weight).
+ATTENTION_JSON_BYTES = 4 + 10
 BUDGET_KEY = "attnserve.reservation"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from typing import Any
 
 import httptools
@@ -20,13 +21,16 @@ log = logging.getLogger(__name__)
 SCOPE_KEY = "attnserve.connection"
 
 
-def _canned(status: int, reason: str, message: str) -> bytes:
+def _canned(status: int, reason: str, message: str, request_id: bytes = b"") -> bytes:
+    """A whole answer written by the connection layer itself, before any app sees the request. It
+    carries an X-Request-ID like every other answer: the client's own when its headers got that far."""
     body = json.dumps({"error": {"type": reason.lower().replace(" ", "_"), "message": message}}).encode()
+    rid = request_id or uuid.uuid4().hex.encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        "connection: close\r\n\r\n"
+        "connection: close\r\nx-request-id: "
     ).encode()
-    return head + body
+    return head + rid + b"\r\n\r\n" + body
 
 
 class _HeadersTooLarge(Exception):
@@ -51,6 +55,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_count = 0
         self._too_large = False
+        self._request_id = b""  # the request's own X-Request-ID, once its header has been parsed
         self.client_gone = False  # the client left, or was dropped, before it had the whole answer
         self.body_timed_out = False
         self._flushed = asyncio.Event()
@@ -94,7 +99,7 @@ class GuardedProtocol(HttpToolsProtocol):
             else:
                 msg = "Invalid HTTP request received."
                 self.logger.warning(msg)
-                self.send_400_response(msg)
+                self._close_with(400, "Bad Request", "the request is not valid HTTP/1.1")
 
     def _too_large_message(self) -> str:
         return f"the request headers exceed {self.max_header_bytes} bytes or {self.max_headers} fields"
@@ -103,6 +108,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._header_bytes = 0
         self._header_count = 0
+        self._request_id = b""
         self._arm(self.header_timeout_s, self._header_timeout)
         self.scope[SCOPE_KEY] = self  # type: ignore[literal-required]
 
@@ -113,6 +119,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         self._count(len(name) + len(value) + 4)
+        if name.lower() == b"x-request-id":
+            self._request_id = value[:128]  # the middleware's rule: the first 128 bytes, echoed as sent
         super().on_header(name, value)
 
     def _count(self, n: int) -> None:
@@ -189,7 +197,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def _close_with(self, status: int, reason: str, message: str) -> None:
         self._disarm()
         if not self.transport.is_closing():
-            self.transport.write(_canned(status, reason, message))
+            self.transport.write(_canned(status, reason, message, self._request_id))
             self.transport.close()
 
     def _event(self, kind: str) -> None:

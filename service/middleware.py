@@ -90,6 +90,10 @@ class RequestContext:
         scope[BUDGET_KEY] = held_bytes
         connection = scope.get(SCOPE_KEY)
         try:
+            if sum(1 for name, _ in scope["headers"] if name == b"authorization") > 1:
+                # Proxies differ in which of several they forward, so none of them is taken.
+                await reply(400, "invalid_request", "the request has more than one Authorization header")
+                return
             if self.keys and not self._open(path) and not self._authorized(headers):
                 await reply(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
                 return
@@ -170,7 +174,7 @@ UNAUTHORIZED = "a valid API key is needed: send it as 'Authorization: Bearer KEY
 
 def public_paths(settings: Any) -> tuple[str, ...]:
     """Paths that never need a key (probes), and those that the settings open."""
-    paths = ["/healthz", "/readyz", "/v2/health/"]
+    paths = ["/healthz", "/health", "/readyz", "/v2/health/"]
     if not settings.metrics_need_key:
         paths.append("/metrics")
     if not settings.docs_need_key:

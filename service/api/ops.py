@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,7 +20,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"model": ErrorResponse, "description": "Starting or draining"}})
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorResponse, "description": "Starting or draining"}
+}
+
+
+# /health is the path that vLLM's and TGI's benchmark clients wait on before they start; it answers
+# as readiness does, since those clients mean "can it serve yet?".
+@router.get("/health", responses=READY_RESPONSES)
+@router.get("/readyz", responses=READY_RESPONSES)
 async def readyz(request: Request) -> Response:
     """Readiness: 200 once the model is loaded and warmed up, 503 while starting or draining."""
     state = request.app.state

@@ -2,6 +2,10 @@
 
 JSON bodies are read strictly: a key given twice, or bytes that are not UTF-8, are malformed JSON.
 
+A number with no fractional part (`2.0`, `1e3`) is an integer, as JSON Schema (and so the OpenAPI
+document) defines one; otherwise the strict request models would refuse `"top_k": 2.0` that the
+document calls valid. Numbers with a fraction stay floats.
+
 Python's json keeps the last of duplicate keys silently, so `{"top_k": 1, "top_k": 50}` would
 mean whatever the parser chose. FastAPI reads the body through Request.json(), so a route class
 that hands it this request makes both cases the same 400 as any other malformed body.
@@ -26,13 +30,18 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def loads_strict(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise json.JSONDecodeError(f"the body is not UTF-8 ({e.reason} at byte {e.start})", "", e.start) from e
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_number)
     except ValueError as e:
         if isinstance(e, json.JSONDecodeError):
             raise

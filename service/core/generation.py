@@ -37,6 +37,7 @@ class GenerationParams:
     sampling: SamplingParams = SamplingParams()
     seed: int | tuple[int, ...] | None = None  # entropy for the sequence's own generator
     stop: tuple[str, ...] = ()
+    min_tokens: int = 0  # stop strings are not looked for before this many tokens (vLLM's min_tokens)
     top_logprobs: int = 0  # alternatives to report per token
     attention: tuple[list[int], list[int]] | None = None  # (layers, heads) to report per token
 
@@ -62,9 +63,11 @@ class TextTracker:
     too, so a stop string never reaches the caller.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...]) -> None:
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], min_tokens: int = 0) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
+        self.min_tokens = min_tokens
+        self.stop_from = 0  # a stop string counts only if it starts here or later (after min_tokens)
         self.ids: list[int] = []  # every token generated so far
         self.text = ""
         self.emitted = 0  # characters of text handed out
@@ -73,7 +76,12 @@ class TextTracker:
         """Returns the newly safe text and whether a stop string was found (text ends before it)."""
         self.ids.append(token_id)
         self.text = self.tokenizer.decode(self.ids)
-        hits = [i for s in self.stop if (i := self.text.find(s, max(0, self.emitted - len(s)))) >= 0]
+        if len(self.ids) < self.min_tokens:
+            # No stop string yet: nothing is held back, and none may start inside what was handed out.
+            self.stop_from = len(self.text.rstrip("\ufffd"))
+            return self._take(self.stop_from), False
+        start = self.stop_from
+        hits = [i for s in self.stop if (i := self.text.find(s, max(start, self.emitted - len(s)))) >= 0]
         if hits:
             return self._take(min(hits)), True
         safe = len(self.text.rstrip("\ufffd"))
@@ -99,8 +107,8 @@ class GenerationStream:
     def __init__(self, scheduler: Scheduler, prompt: np.ndarray, params: GenerationParams, tokenizer: Tokenizer):
         self.prompt = prompt
         self.params = params
-        self.sampler = Sampler(params.sampling, params.seed)
-        self.text = TextTracker(tokenizer, params.stop)
+        self.sampler = Sampler(params.sampling, params.seed, prompt)
+        self.text = TextTracker(tokenizer, params.stop, params.min_tokens)
         self.reserved = len(prompt) + params.max_tokens  # cache tokens held while it runs
         self.keys: np.ndarray | None = None  # (L, nh, reserved, hs) once prefilled
         self.values: np.ndarray | None = None
@@ -200,6 +208,12 @@ class Scheduler:
                     f"this sequence needs {len(prompt) + params.max_tokens} cache tokens, more than "
                     f"KV_CACHE_TOKENS={self.kv_cache_tokens}"
                 )
+        if len(requests) > self.max_waiting:
+            # Not "retry later": this request would not fit even an idle server's queue.
+            raise InputError(
+                f"the request has {len(requests)} sequences (prompts x n), more than MAX_WAITING_SEQUENCES="
+                f"{self.max_waiting} can ever hold; send fewer prompts or a smaller n"
+            )
         if len(self.waiting) + len(requests) > self.max_waiting:
             raise QueueFullError(
                 f"the generation queue is full ({len(self.waiting)} of {self.max_waiting} sequences waiting)"

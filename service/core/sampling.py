@@ -32,23 +32,46 @@ class SamplingParams:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
     top_k: int = 0  # keep the k most likely tokens; 0 keeps all
+    min_p: float = 0.0  # drop tokens less likely than min_p times the most likely one
+    # > 1 discourages tokens already in the prompt or the text: their log-probs (all <= 0) are
+    # multiplied by it before choosing, as HF and vLLM do to negative logits. 1 is off.
+    repetition_penalty: float = 1.0
 
 
 class Sampler:
     """Draws tokens for one sequence. Its generator is its own, so with the same seed the same
     request gives the same tokens whatever else runs in the batch."""
 
-    def __init__(self, params: SamplingParams, seed: int | tuple[int, ...] | None) -> None:
+    def __init__(
+        self, params: SamplingParams, seed: int | tuple[int, ...] | None, prompt: np.ndarray | None = None
+    ) -> None:
         self.params = params
         self.rng = np.random.default_rng(seed)
+        # The token ids seen so far (prompt and text), kept only when a repetition penalty needs them.
+        self.seen: set[int] | None = None
+        if params.repetition_penalty != 1.0:
+            self.seen = set() if prompt is None else {int(t) for t in prompt}
 
     def choose(self, logprobs: np.ndarray) -> int:
+        token = self._choose(logprobs)
+        if self.seen is not None:
+            self.seen.add(token)
+        return token
+
+    def _choose(self, logprobs: np.ndarray) -> int:
         p = self.params
+        if self.seen:
+            logprobs = logprobs.copy()  # the caller reports the model's own log-probs
+            seen = np.fromiter(self.seen, dtype=np.int64, count=len(self.seen))
+            logprobs[seen] *= p.repetition_penalty
         if p.temperature == 0:
             return int(np.argmax(logprobs))
         lp = log_softmax(logprobs, p.temperature)
         order = top_indices(lp, p.top_k) if p.top_k else np.argsort(-lp, kind="stable")
         probs = np.exp(lp[order])
+        if p.min_p > 0.0:
+            keep = probs >= p.min_p * probs[0]  # probs[0] is the most likely token's
+            order, probs = order[keep], probs[keep]
         if p.top_p < 1.0:
             # Keep tokens until the probability before each one reaches top_p (the first always stays).
             before = np.cumsum(probs) - probs

@@ -18,7 +18,7 @@ CASES = [
     ("/v1/next-token", {"texts": ["a"] * 9}, 422, "limit is 8"),
     ("/v1/next-token", {"texts": [LONG]}, 422, "truncate"),
     ("/v1/next-token", {"token_ids": [[1, 99999]]}, 422, "outside the vocabulary"),
-    ("/v1/next-token", {"token_ids": [[-1]]}, 422, "outside the vocabulary"),
+    ("/v1/next-token", {"token_ids": [[-1]]}, 422, "token_ids.0.0: Input should be greater than or equal to 0"),
     ("/v1/next-token", {"texts": ["a"], "top_k": 0}, 422, "top_k"),
     ("/v1/next-token", {"texts": ["a"], "top_k": 100000}, 422, "larger than the vocabulary"),
     ("/v1/next-token", {"texts": ["a"], "temperature": 0}, 422, "temperature"),

@@ -168,6 +168,9 @@ def test_the_kv_budget_makes_sequences_wait_and_the_queue_is_bounded(engine):
         streams = s.submit([(ids, params), (ids, params)])
         with pytest.raises(QueueFullError):
             s.submit([(ids, params)])
+        # More sequences than the queue can ever hold is the caller's error, not "retry later".
+        with pytest.raises(InputError, match="MAX_WAITING_SEQUENCES=2 can ever hold"):
+            s.submit([(ids, params)] * 3)
         with pytest.raises(InputError, match="KV_CACHE_TOKENS"):
             s.submit([(ids, GenerationParams(max_tokens=21))])
         results = await asyncio.gather(*(collect(x) for x in streams))

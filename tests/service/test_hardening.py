@@ -82,6 +82,11 @@ def test_oversized_headers_and_stalled_requests_are_refused(toy_bundle, server_f
     server = server_factory(toy_bundle, header_timeout_s=1, body_timeout_s=1)
     cases = {
         "a 20 KB header": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", b"431"),
+        "a 20 KB header after an id": (
+            b"GET /healthz HTTP/1.1\r\nX-Request-ID: probe-431\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+            b"431",
+        ),
+        "not HTTP": (b"HELLO\r\n\r\n", b"400"),
         "150 headers": (
             b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n",
             b"431",
@@ -101,6 +106,11 @@ def test_oversized_headers_and_stalled_requests_are_refused(toy_bundle, server_f
         s.close()
         assert answer.startswith(b"HTTP/1.1 " + status), (name, answer[:200])
         assert b'"error"' in answer and time.monotonic() - started < 5, name
+        # The connection layer's own answers carry an id too: the client's own when it sent one.
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert b"\r\nx-request-id: " in head, (name, head)
+        if b"probe-431" in request:
+            assert b"\r\nx-request-id: probe-431\r\n" in head + b"\r\n", head
     assert httpx.post(server.url + "/v1/next-token", json={"texts": ["we do"]}).status_code == 200
 
 
@@ -267,11 +277,14 @@ def test_strict_types_duplicate_keys_and_bad_utf8_are_refused(toy_server):
         '{"texts": ["we"], "top_k": "5"}',
         '{"texts": ["we"], "temperature": "1"}',
         '{"texts": ["we"], "truncate": 1}',
-        '{"token_ids": [[1, 2.0]]}',
+        '{"token_ids": [[1, 2.5]]}',
     )
     for body in wrong_types:
         r = httpx.post(url, content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request", body
+    # A number with no fraction is an integer, as JSON Schema (and so the OpenAPI document) says.
+    integral = httpx.post(url, content='{"texts": ["we"], "top_k": 2.0}', headers={"Content-Type": "application/json"})
+    assert integral.status_code == 200 and len(integral.json()["results"][0]["top"]) == 2
     dup = httpx.post(
         url, content='{"texts": ["we"], "top_k": 1, "top_k": 50}', headers={"Content-Type": "application/json"}
     )

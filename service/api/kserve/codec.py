@@ -21,6 +21,8 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
+from service.problems import summary
+
 HEADER_LENGTH = "inference-header-content-length"
 # The datatypes this server reads or writes, with their numpy forms. BYTES is variable length.
 NUMPY: dict[str, np.dtype] = {
@@ -30,6 +32,7 @@ NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
 }
 BYTES = "BYTES"
+NUMPY_NAMES = tuple(NUMPY)
 DATATYPES = (*NUMPY, BYTES, "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "FP16", "FP64", "BF16")
 
 Parameter = StrictBool | StrictInt | StrictFloat | StrictStr
@@ -44,7 +47,8 @@ class TensorHeader(BaseModel):
 
     name: StrictStr
     shape: list[Annotated[StrictInt, Field(ge=0)]]
-    datatype: StrictStr
+    # The schema lists the datatypes this server reads; any other is refused by name (400).
+    datatype: StrictStr = Field(json_schema_extra={"enum": [*NUMPY_NAMES, "BYTES"]})
     parameters: dict[str, Parameter] = Field(default_factory=dict)
     data: Any = None
 
@@ -99,12 +103,14 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
-    """Split the body into the JSON header and binary tensors, and check every size."""
+def parse_request(body: bytes, header_length: str | None, max_rank: int) -> InferRequest:
+    """Split the body into the JSON header and binary tensors, and check every size. No input may have
+    more than `max_rank` dimensions."""
     if header_length is None:
         json_part, binary = body, b""
     else:
-        if not header_length.isdigit():
+        # ASCII only: str.isdigit() also takes digits such as "²", which int() then refuses.
+        if not (header_length.isascii() and header_length.isdigit()):
             raise V2Error(f"Inference-Header-Content-Length must be a byte count, not {header_length!r}")
         n = int(header_length)
         if n > len(body):
@@ -122,6 +128,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
             raise V2Error(f"input {t.name!r} is given twice")
         if t.datatype not in DATATYPES:
             raise V2Error(f"input {t.name!r} has unknown datatype {t.datatype!r}")
+        _check_shape(t, max_rank, len(body))
         if "shared_memory_region" in t.parameters:
             raise V2Error("shared memory is not supported: send the data in JSON or in binary form")
         size = t.parameters.get("binary_data_size")
@@ -150,7 +157,18 @@ def _summary(e: ValidationError) -> str:
     problems = e.errors()
     if problems and problems[0]["type"] == "json_invalid":
         return "the request header is not valid JSON"
-    return "; ".join(f"{'.'.join(str(p) for p in p_['loc']) or 'body'}: {p_['msg']}" for p_ in problems[:5])
+    return summary(problems)
+
+
+def _check_shape(t: TensorHeader, max_rank: int, body_bytes: int) -> None:
+    """Before anything is built from a shape: a rank the server's inputs allow, and no dimension larger
+    than the body could fill (every element takes at least a byte), so that with a zero elsewhere a
+    shape such as [0, 2**62] still never reaches numpy."""
+    if len(t.shape) > max_rank:
+        raise V2Error(f"input {t.name!r} has {len(t.shape)} dimensions; the inputs here have at most {max_rank}")
+    for i, d in enumerate(t.shape):
+        if d > body_bytes:
+            raise V2Error(f"input {t.name!r}: dimension {i} is {d}, more than the {body_bytes}-byte body could hold")
 
 
 def _count(t: TensorHeader) -> int:

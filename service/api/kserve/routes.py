@@ -15,10 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from service.api.kserve.codec import HEADER_LENGTH, InferRequestHeader, V2Error, decompress, parse_request
-from service.api.kserve.serving import MODELS, V2Model, V2Serving
+from service.api.kserve.serving import MAX_INPUT_RANK, MODELS, V2Model, V2Serving
 from service.api.strict import ProtocolRoute
 from service.budget import reservation
 from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
+from service.problems import summary
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def error_body(exc: BaseException) -> tuple[int, str, dict[str, str] | None]:
     if isinstance(exc, V2Error | InputError):
         return 400, str(exc), None
     if isinstance(exc, RequestValidationError):
-        return 400, "; ".join(str(e.get("msg", "")) for e in exc.errors()[:5]), None
+        return 400, summary(exc.errors()), None
     if isinstance(exc, LookupError):
         return 404, str(exc.args[0] if exc.args else exc), None
     if isinstance(exc, QueueFullError | DrainingError):
@@ -158,7 +159,7 @@ async def infer(m: Model, request: Request) -> Response:
     """Run a model on JSON or binary tensors (the binary tensor data extension)."""
     s: V2Serving = request.app.state.v2
     body = decompress(await request.body(), request.headers.get("content-encoding"), s.core.settings.max_body_bytes)
-    parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+    parsed = parse_request(body, request.headers.get(HEADER_LENGTH), MAX_INPUT_RANK)
     content, header_length = await s.infer(m, parsed, reservation(request.scope))
     if header_length is None:
         return Response(content, media_type="application/json")

@@ -67,6 +67,7 @@ INPUTS = (
     TensorMeta("attention_mask", "INT64", [-1, -1], "1 for the row's tokens, 0 for padding", optional=True),
 )
 INPUTS_BY_NAME = {t.name: t for t in INPUTS}
+MAX_INPUT_RANK = 2  # text may be [rows, 1]; input_ids and attention_mask are [rows, tokens]
 
 
 COMMON_PARAMS = [Param("truncate", (bool,), "keep the last context_length tokens of a longer input instead of a 400")]

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.api.schema import TOP_K, HeadIndex, LayerIndex, TokenId, exactly_one_of
+
 NonEmptyText = Annotated[str, Field(min_length=1)]
-TokenIds = Annotated[list[int], Field(min_length=1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+
+
+def _schema(example: dict[str, Any]) -> dict[str, Any]:
+    """A request's schema extras: its example, and the rule that exactly one kind of input is given."""
+    return {"examples": [example], **exactly_one_of("texts", "token_ids")}
 
 
 class Inputs(BaseModel):
     """Either texts or token_ids, one entry per input row."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=exactly_one_of("texts", "token_ids"))
 
     texts: list[NonEmptyText] | None = Field(None, min_length=1, description="Inputs as text.")
     token_ids: list[TokenIds] | None = Field(None, min_length=1, description="Inputs as token ids, instead of texts.")
@@ -36,9 +43,11 @@ class NextTokenRequest(Inputs):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={"examples": [{"texts": ["ROMEO:\nBut soft, what light", "To be, or not to"], "top_k": 3}]},
+        json_schema_extra=_schema({"texts": ["ROMEO:", "To be, or not to"], "top_k": 3}),
     )
-    top_k: int = Field(5, ge=1, description="How many candidates to return (at most the vocabulary size).")
+    top_k: int = Field(
+        5, ge=1, description="How many candidates to return (at most the vocabulary size).", json_schema_extra=TOP_K
+    )
     # The floor keeps every returned log-probability finite (JSON has no -Infinity).
     temperature: float = Field(
         1.0, ge=1e-3, le=100, description="Softmax temperature applied to the logits; lower is sharper."
@@ -67,14 +76,10 @@ class AttentionRequest(Inputs):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={"examples": [{"texts": ["I do not like"], "layers": [0], "heads": [0, 1]}]},
+        json_schema_extra=_schema({"texts": ["I do not like"], "layers": [0], "heads": [0, 1]}),
     )
-    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, min_length=1, description="Layer indices; all by default."
-    )
-    heads: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, min_length=1, description="Head indices; all by default."
-    )
+    layers: list[LayerIndex] | None = Field(None, min_length=1, description="Layer indices; all by default.")
+    heads: list[HeadIndex] | None = Field(None, min_length=1, description="Head indices; all by default.")
 
 
 class AttentionResult(BaseModel):
@@ -96,7 +101,7 @@ class ScoreRequest(Inputs):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={"examples": [{"texts": ["To be, or not to be, that is the question."]}]},
+        json_schema_extra=_schema({"texts": ["To be, or not to be."]}),
     )
 
 

@@ -15,7 +15,7 @@ from service.api.native.protocol import (
     ScoreResponse,
     ScoreResult,
 )
-from service.budget import Reservation
+from service.budget import ATTENTION_JSON_BYTES, Reservation
 from service.core.inference import InferenceCore, Row
 
 
@@ -49,11 +49,6 @@ async def next_token(core: InferenceCore, req: NextTokenRequest) -> bytes:
             ],
         }
     )
-
-
-# Bytes held per returned weight while the answer exists: the float32 array and its JSON text
-# (a full-context answer measured 8.7 bytes of JSON per weight).
-ATTENTION_JSON_BYTES = 4 + 10
 
 
 async def attention(

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
+from service.problems import field_of, summary
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,10 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] 
     if isinstance(exc, RequestValidationError):
         problems = exc.errors()
         first = problems[0] if problems else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         if first.get("type") == "json_invalid":
             why = first.get("ctx", {}).get("error", "")
             return 400, _body(f"the request body is not valid JSON: {why}".rstrip(": "), "invalid_request_error"), None
-        summary = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg', '')}" for e in problems[:5]
-        )
-        return 400, _body(summary, "invalid_request_error", loc[0] if loc else None), None
+        return 400, _body(summary(problems), "invalid_request_error", field_of(first).split(".")[0] or None), None
     if isinstance(exc, HTTPException):  # FastAPI's own, e.g. a body that is not UTF-8
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return exc.status_code, _body(str(exc.detail), kind), getattr(exc, "headers", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from service.api.deps import Core, get_openai
@@ -23,6 +23,7 @@ from service.api.openai.protocol import (
 )
 from service.api.openai.serving import OpenAIServing
 from service.api.strict import ProtocolRoute
+from service.budget import reservation
 
 
 class OpenAIRoute(ProtocolRoute):
@@ -42,16 +43,34 @@ router = APIRouter(tags=["openai"], route_class=OpenAIRoute, responses=ERRORS)
 OpenAI = Annotated[OpenAIServing, Depends(get_openai)]
 
 
-@router.post("/v1/completions", response_model=Completion)
-async def completions(body: CompletionRequest, s: OpenAI) -> Response:
+# A streamed answer is server-sent events: one `data: {Completion chunk}` line per event, then `data: [DONE]`.
+STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "data": {"type": "string", "description": "A completion chunk or an error, as JSON; or [DONE]"}
+                    },
+                    "required": ["data"],
+                }
+            }
+        }
+    }
+}
+
+
+@router.post("/v1/completions", response_model=Completion, responses=STREAM)
+async def completions(body: CompletionRequest, s: OpenAI, request: Request) -> Response:
     """Continue each prompt (OpenAI's completions API); `stream: true` answers with server-sent events."""
     s.check_model(body.model)
     rows = s.prompts(body)
     if body.stream:
         # Queued before the response starts, so that a full queue is still a 503 and not a broken stream.
-        choices, streams = s.start(body, rows)
+        choices, streams = s.start(body, rows, reservation(request.scope))
         return StreamingResponse(s.stream(body, rows, choices, streams), media_type="text/event-stream")
-    completion = await s.complete(body, rows)
+    completion = await s.complete(body, rows, reservation(request.scope))
     return Response(completion.model_dump_json(), media_type="application/json")
 
 

@@ -21,6 +21,7 @@ from service.api.openai.protocol import (
     ModelCard,
     Usage,
 )
+from service.budget import ATTENTION_JSON_BYTES, Reservation
 from service.core.errors import InputError
 from service.core.generation import GenerationParams, GenerationStream, Step
 from service.core.inference import InferenceCore, Row
@@ -95,14 +96,17 @@ class OpenAIServing:
             raise InputError("prompt must not be empty (the model has no start-of-text token to begin from)")
         return self.core.rows(encoded)
 
-    def start(self, req: CompletionRequest, rows: list[Row]) -> tuple[list[ChoiceState], list[GenerationStream]]:
-        """Queue every choice's generation; raises at once when they do not fit."""
+    def start(
+        self, req: CompletionRequest, rows: list[Row], reservation: Reservation | None
+    ) -> tuple[list[ChoiceState], list[GenerationStream]]:
+        """Queue every choice's generation; raises at once when they do not fit. Attention answers
+        reserve their bytes from MAX_INFLIGHT_BYTES first, like every other large answer."""
         choices = [ChoiceState(i * req.n + j, row) for i, row in enumerate(rows) for j in range(req.n)]
         if req.max_tokens == 0:
             for c in choices:
                 c.finish_reason = "length"
             return choices, []
-        sampling = SamplingParams(req.temperature, req.top_p, max(req.top_k, 0))
+        sampling = SamplingParams(req.temperature, req.top_p, max(req.top_k, 0), req.min_p, req.repetition_penalty)
         attention = None
         if req.attention is not None:
             attention = self.core.layer_head_indices(req.attention.layers, req.attention.heads)
@@ -113,13 +117,21 @@ class OpenAIServing:
                     f"the answer could hold {values:,} attention weights, more than MAX_ATTENTION_VALUES="
                     f"{self.core.settings.max_attention_values:,}; ask for fewer layers, heads, choices or tokens"
                 )
+            if reservation is not None:
+                # Step t's weights cover the prompt and the t tokens before it, so the answer holds at
+                # most L x H x (max_tokens x P + max_tokens (max_tokens + 1) / 2) weights per choice.
+                t = req.max_tokens
+                per_key = len(layers) * len(heads)
+                exact = sum(per_key * (t * len(c.prompt.ids) + t * (t + 1) // 2) for c in choices)
+                reservation.take(exact * ATTENTION_JSON_BYTES)
         params = [
             GenerationParams(
                 max_tokens=req.max_tokens,
                 sampling=sampling,
                 # One generator per choice: choice j of a prompt gets the same text whatever else runs.
-                seed=None if req.seed is None else (req.seed, c.index % req.n),
+                seed=None if req.seed is None else (req.seed % 2**64, c.index % req.n),
                 stop=req.stop_strings,
+                min_tokens=req.min_tokens,
                 top_logprobs=req.logprobs or 0,
                 attention=attention,
             )
@@ -203,9 +215,9 @@ class OpenAIServing:
             c.attention.append(step.attention)
         c.finish_reason = step.finish_reason
 
-    async def complete(self, req: CompletionRequest, rows: list[Row]) -> Completion:
+    async def complete(self, req: CompletionRequest, rows: list[Row], reservation: Reservation | None) -> Completion:
         echoes = await self.prompt_logprobs(req, rows)
-        choices, streams = self.start(req, rows)
+        choices, streams = self.start(req, rows, reservation)
         try:
             async with asyncio.TaskGroup() as tg:
                 for c, stream in zip(choices, streams, strict=False):
@@ -260,6 +272,7 @@ class OpenAIServing:
         """
         cid, created = _completion_id(), int(time.time())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        continuous = include_usage and bool(req.stream_options and req.stream_options.continuous_usage_stats)
 
         def chunk(choices_: list[dict], usage: Usage | None = None) -> bytes:
             body: dict = {
@@ -324,7 +337,7 @@ class OpenAIServing:
                 event = {"index": c.index, "text": step.text, "logprobs": logprobs, "finish_reason": step.finish_reason}
                 if step.attention is not None:
                     event["attention"] = step.attention  # (layers, heads, n): orjson writes the array
-                yield chunk([event])
+                yield chunk([event], self._usage(rows, choices) if continuous else None)
             if include_usage:
                 yield chunk([], self._usage(rows, choices))
             yield b"data: [DONE]\n\n"

@@ -1,0 +1,41 @@
+"""What the OpenAPI document says beyond the request models' types: the served model's bounds.
+
+A token id, a layer, a head or top_k is valid only within the served model's facts, which the
+request models cannot know. They mark such fields with BOUND_MARK and the app fills in `maximum`
+when it builds the document, so that a schema-valid request is one the server takes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+BOUND_MARK = "x-attnserve-bound"
+TokenId = Annotated[int, Field(ge=0, json_schema_extra={BOUND_MARK: "token_id"})]
+LayerIndex = Annotated[int, Field(ge=0, json_schema_extra={BOUND_MARK: "layer"})]
+HeadIndex = Annotated[int, Field(ge=0, json_schema_extra={BOUND_MARK: "head"})]
+TOP_K: dict[str, Any] = {BOUND_MARK: "top_k"}
+
+
+def model_bounds(vocab_size: int, n_layer: int, n_head: int) -> dict[str, int]:
+    """The largest valid value of each marked kind of field."""
+    return {"token_id": vocab_size - 1, "top_k": vocab_size, "layer": n_layer - 1, "head": n_head - 1}
+
+
+def fill_bounds(node: Any, bounds: dict[str, int]) -> None:
+    """Set `maximum` on every marked schema in the document, in place."""
+    if isinstance(node, dict):
+        kind = node.get(BOUND_MARK)
+        if kind in bounds:
+            node["maximum"] = bounds[kind]
+        for value in node.values():
+            fill_bounds(value, bounds)
+    elif isinstance(node, list):
+        for value in node:
+            fill_bounds(value, bounds)
+
+
+def exactly_one_of(*fields: str) -> dict[str, Any]:
+    """A JSON Schema `oneOf`: exactly one of these (nullable, array) fields is given as an array."""
+    return {"oneOf": [{"required": [f], "properties": {f: {"type": "array"}}} for f in fields]}
