@@ -80,6 +80,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     app.state.stopping = False  # SIGTERM came: not ready, but still serving (DRAIN_DELAY_S)
     app.state.draining = False  # the listener is closing: work is refused
     app.state.metrics = metrics
+    metrics.queue_capacity.set(settings.max_queue_rows)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.budget = ResponseBudget(settings.max_inflight_bytes, metrics.inflight_bytes.set)
     app.include_router(native)

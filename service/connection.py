@@ -46,7 +46,9 @@ class GuardedProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     body_timeout_s = 30.0
     write_timeout_s = 30.0
-    on_event: Any = None  # called with "refused", "header_timeout", "body_timeout", "too_large" or "write_timeout"
+    # Called with "opened" and "closed" for each accepted connection, and with "refused",
+    # "header_timeout", "body_timeout", "too_large" or "write_timeout".
+    on_event: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -56,6 +58,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._too_large = False
         self._request_id = b""  # the request's own X-Request-ID, once its header has been parsed
+        self._accepted = False  # counted as open (refused connections never are)
         self.client_gone = False  # the client left, or was dropped, before it had the whole answer
         self.body_timed_out = False
         self._flushed = asyncio.Event()
@@ -71,6 +74,8 @@ class GuardedProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
+        self._accepted = True
+        self._event("opened")
         self._arm(self.header_timeout_s, self._header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -80,6 +85,9 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.client_gone = True
         self._flushed.set()
+        if self._accepted:
+            self._accepted = False
+            self._event("closed")
         if self.transport is not None:
             super().connection_lost(exc)
 

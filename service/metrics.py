@@ -49,6 +49,13 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        self.open_connections = Gauge("attnserve_open_connections", "Open client connections", registry=r)
+        self.queue_capacity = Gauge(
+            "attnserve_queue_capacity_rows", "Rows each endpoint's queue holds at most (MAX_QUEUE_ROWS)", registry=r
+        )
+        self.kv_cache_capacity = Gauge(
+            "attnserve_kv_cache_capacity_tokens", "KV-cache budget in tokens (KV_CACHE_TOKENS)", registry=r
+        )
         self.inflight_bytes = Gauge(
             "attnserve_inflight_response_bytes",
             "Bytes of large answers built or not yet read (MAX_INFLIGHT_BYTES)",
@@ -78,7 +85,12 @@ class Metrics:
         )
 
     def connection_event(self, kind: str) -> None:
-        self.connection_events.labels(kind).inc()
+        if kind == "opened":
+            self.open_connections.inc()
+        elif kind == "closed":
+            self.open_connections.dec()
+        else:
+            self.connection_events.labels(kind).inc()
 
     def observer(self, endpoint: str) -> BatchObserver:
         return _EndpointObserver(self, endpoint)

@@ -25,3 +25,15 @@ class DeviceError(RuntimeError):
 
 class InferenceTimeoutError(TimeoutError):
     """The answer took longer than REQUEST_TIMEOUT_S (504)."""
+
+
+class ModelNotFoundError(LookupError):
+    """The request names a model (or version) that is not loaded (404)."""
+
+
+class LoadError(RuntimeError):
+    """A model could not be loaded; what served before still serves (400 from the repository API)."""
+
+
+class ControlError(RuntimeError):
+    """A repository change that the control mode does not allow (400)."""

@@ -103,6 +103,7 @@ class InferenceCore:
             step_timeout_s=settings.request_timeout_s,
             observer=metrics.generation_observer(),
         )
+        metrics.kv_cache_capacity.set(self.scheduler.kv_cache_tokens)
         metrics.model_info.info({"name": bundle.name, "version": bundle.version, "provider": self.engine.provider})
 
     @property
