@@ -26,7 +26,7 @@ COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
 COPY bundlespec/ /app/bundlespec/
 COPY service/ /app/service/
-COPY bundles/default/ /app/bundles/default/
+COPY bundles/ /app/bundles/
 RUN useradd --system --uid 10001 --no-create-home attnserve
 USER 10001
 ENV PATH=/opt/venv/bin:$PATH \
@@ -34,7 +34,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
-    MODEL_DIR=/app/bundles/default
+    MODEL_REPOSITORY=/app/bundles
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('PORT', '8000'), timeout=2); sys.exit(r.status != 200)"]

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 CORPUS ?= https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
-BUNDLE ?= bundles/default
+BUNDLE ?= bundles/attnserve-shakespeare/1
 RUN ?= runs/default
 
 .PHONY: serve install test lint model int8 bench screenshots lock clean

@@ -1,7 +1,8 @@
 """Export a checkpoint to a verified bundle.
 
-python -m export --checkpoint runs/default/checkpoint.pt --out bundles/default
-python -m export --from-bundle bundles/default --out bundles/default   (rebuild in today's format)
+python -m export --checkpoint runs/default/checkpoint.pt --out bundles/attnserve-shakespeare/1
+python -m export --from-bundle bundles/attnserve-shakespeare/1 --out bundles/attnserve-shakespeare/1
+                                                            (rebuild in today's format)
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="re-export an existing bundle (any format) from its own weights, e.g. after a format change",
     )
-    p.add_argument("--out", type=Path, default=Path("bundles/default"))
+    p.add_argument("--out", type=Path, default=Path("bundles/attnserve-shakespeare/1"))
     p.add_argument("--name", help="model name (default: attnserve-shakespeare, or the old bundle's)")
     p.add_argument("--version", help="model version (default: 1, or the old bundle's)")
     args = p.parse_args(argv)

@@ -54,7 +54,7 @@ def quantize_bundle(src: Path, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", type=Path, default=Path("bundles/default"))
+    p.add_argument("--bundle", type=Path, default=Path("bundles/attnserve-shakespeare/1"))
     p.add_argument("--out", type=Path, default=Path("bundles/int8"))
     args = p.parse_args(argv)
     quantize_bundle(args.bundle, args.out)

@@ -620,7 +620,7 @@ def kserve_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
 def toy_http_bench(seconds: float, work: Path) -> dict:
     """The HTTP-bound regime, where the model costs almost nothing (as on a GPU): the service on the
     tests' toy model against the bare FastAPI endpoint of the same shape, on the same requests."""
-    from tests.toy import build_toy_bundle
+    from export.toy import build_toy_bundle
 
     bundle = build_toy_bundle(work / "toy")
     bodies = request_bodies("next-token", ["I do not like"])
@@ -1280,7 +1280,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "default")
+    p.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "attnserve-shakespeare" / "1")
     p.add_argument("--seconds", type=float, default=8.0, help="wrk duration per serving point")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--corpus", default=os.environ.get("CORPUS"), help="path or URL; for the int8 quality figure")

@@ -98,7 +98,7 @@ def render_bench(bundle: Path, work: Path, reps: int = 5) -> dict:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="python -m loadtest.explorer", description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "default")
+    p.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "attnserve-shakespeare" / "1")
     p.add_argument("--screenshots", type=Path, default=ROOT / "docs" / "explorer", help="folder for the pictures")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

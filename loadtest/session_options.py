@@ -1,6 +1,6 @@
 """How ONNX Runtime's session options change next-token latency on this machine.
 
-    python -m loadtest.session_options [--bundle bundles/default]
+    python -m loadtest.session_options [--bundle bundles/attnserve-shakespeare/1]
 
 Prints the median latency (ms) of the next-token graph for each graph optimisation level and
 intra-op thread count; service/core/engine.py's choices come from this measurement.
@@ -30,7 +30,11 @@ SHAPES = ((1, 64), (8, 64), (1, 256))
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m loadtest.session_options", description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent.parent / "bundles" / "default")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "bundles" / "attnserve-shakespeare" / "1",
+    )
     args = p.parse_args()
     bundle = load_bundle(args.bundle)
     sessions = {}

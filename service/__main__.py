@@ -56,12 +56,13 @@ def main() -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        bundle = load_bundle(settings.model_dir)
+        if settings.model_dir is not None:
+            load_bundle(settings.model_dir)  # one bundle was asked for: a bad one stops the start, with why
         choose_providers(settings.device)
     except (BundleError, DeviceError) as e:
         log.error("cannot start: %s", e)
         return 2
-    app = create_app(settings, bundle)
+    app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,

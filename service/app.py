@@ -1,11 +1,13 @@
-"""The FastAPI application: create_app() plus a lifespan that owns the core; the protocols side by side.
+"""The FastAPI application: create_app() loops over the protocol plug-ins, and a lifespan owns the
+model registry (load at start, poll when asked, stop at the end).
 
-The exception handlers here render attnserve's native error shape; the OpenAI routes render their
-own (service.api.openai.routes.OpenAIRoute).
+Each protocol renders its own errors (its route class); the handlers here answer for what no
+protocol's route saw (unknown paths, wrong methods) in the native shape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,52 +17,70 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
-from service.api import ops
-from service.api.kserve.routes import router as kserve
+from service.api.kserve.routes import protocol as kserve
 from service.api.kserve.serving import V2Serving
-from service.api.native.routes import router as native
-from service.api.openai.routes import router as openai
-from service.api.openai.serving import OpenAIServing
+from service.api.native.errors import error_response as native_error
+from service.api.native.routes import protocol as native
+from service.api.openai.routes import protocol as openai
+from service.api.plugin import Protocol
 from service.api.schema import fill_bounds, model_bounds
 from service.budget import ResponseBudget
-from service.core.bundle import Bundle, load_bundle
-from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
-from service.core.inference import InferenceCore
+from service.core.errors import LoadError
+from service.core.registry import ModelRegistry
 from service.metrics import Metrics
 from service.middleware import RequestContext
-from service.problems import message_of, summary
-from service.responses import error_response
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent / "web"
+# The protocols this server speaks; the first answers for every path no other one owns.
+PROTOCOLS: tuple[Protocol, ...] = (native, openai, kserve)
 
 
-def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
+def make_registry(settings: Settings, metrics: Metrics) -> ModelRegistry:
+    """MODEL_DIR (one bundle) when it is set, else the repository."""
+    return ModelRegistry(
+        settings.core_config(),
+        metrics,
+        repository=None if settings.model_dir else settings.model_repository,
+        single=settings.model_dir,
+        default_model=settings.default_model,
+        max_loaded=settings.max_loaded_models,
+        retire_grace_s=settings.request_timeout_s,
+    )
+
+
+def create_app(settings: Settings, protocols: tuple[Protocol, ...] = PROTOCOLS) -> FastAPI:
     metrics = Metrics()
+    registry = make_registry(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = bundle or load_bundle(settings.model_dir)
-        core = InferenceCore(loaded, settings, metrics)
-        core.warm_up()
-        core.start()
-        app.state.core = core
-        app.state.openai = OpenAIServing(core)
-        app.state.v2 = V2Serving(core)
+        await registry.load_all()
+        if settings.model_dir is not None and not registry.serving:
+            # One bundle was asked for and it cannot serve: that is a failed start, not an empty server.
+            raise LoadError(registry.index()[0].reason if registry.index() else f"no bundle in {settings.model_dir}")
+        poller = (
+            asyncio.create_task(_poll(registry, settings.repository_poll_s))
+            if settings.model_control_mode == "poll"
+            else None
+        )
         app.state.ready = True
-        log.info("ready: serving %s on %s", loaded.name, core.provider)
+        for served in registry.ready():
+            log.info("ready: serving %s version %s on %s", served.name, served.version, served.core.provider)
         host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
         log.info("attention explorer: http://%s:%d/explorer/", host, settings.port)
         yield
         app.state.ready = False
         app.state.draining = True
-        await core.stop(grace_s=settings.request_timeout_s)
+        if poller is not None:
+            poller.cancel()
+        await registry.stop(grace_s=settings.request_timeout_s)
         log.info("stopped")
 
     docs = settings.docs_enabled
@@ -80,13 +100,15 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     app.state.stopping = False  # SIGTERM came: not ready, but still serving (DRAIN_DELAY_S)
     app.state.draining = False  # the listener is closing: work is refused
     app.state.metrics = metrics
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.v2 = V2Serving(registry)
     metrics.queue_capacity.set(settings.max_queue_rows)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.budget = ResponseBudget(settings.max_inflight_bytes, metrics.inflight_bytes.set)
-    app.include_router(native)
-    app.include_router(openai)
-    app.include_router(kserve)
-    app.include_router(ops.router)
+    for protocol in protocols:
+        for router in protocol.routers:
+            app.include_router(router)
     # The attention explorer: static files, no build step; the root leads to it.
     app.mount("/explorer", StaticFiles(directory=WEB_DIR, html=True), name="explorer")
 
@@ -95,7 +117,14 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
         query = request.url.query  # a shared link to the root keeps its view
         return RedirectResponse("/explorer/" + (f"?{query}" if query else ""))
 
-    app.add_middleware(RequestContext, metrics=metrics, settings=settings, state=app.state, budget=app.state.budget)
+    app.add_middleware(
+        RequestContext,
+        metrics=metrics,
+        settings=settings,
+        state=app.state,
+        budget=app.state.budget,
+        protocols=protocols,
+    )
     origins = settings.origins()
     if origins:
         # Outside RequestContext, so that a preflight needs no key and every answer carries the headers.
@@ -114,50 +143,36 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
             max_age=600,
         )
 
+    # Errors outside the protocols' own route classes (unknown paths, wrong methods) in the native shape.
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = exc.errors()
-        errors = [{"loc": list(e.get("loc", ())), "msg": message_of(e), "type": e.get("type", "")} for e in problems]
-        invalid = [e for e in problems if e.get("type") == "json_invalid"]
-        if invalid:
-            why = invalid[0].get("ctx", {}).get("error", "")
-            return error_response(
-                400, "malformed_json", f"the request body is not valid JSON: {why}".rstrip(": "), errors
-            )
-        return error_response(422, "invalid_request", summary(problems), errors)
-
-    @app.exception_handler(InputError)
-    async def input_error(_: Request, exc: InputError) -> JSONResponse:
-        return error_response(422, "invalid_input", str(exc))
-
-    @app.exception_handler(QueueFullError)
-    async def queue_full(_: Request, exc: QueueFullError) -> JSONResponse:
-        return error_response(503, "overloaded", str(exc), headers={"Retry-After": "1"})
-
-    @app.exception_handler(DrainingError)
-    async def draining(_: Request, exc: DrainingError) -> JSONResponse:
-        return error_response(503, "draining", str(exc), headers={"Retry-After": "1"})
-
-    @app.exception_handler(InferenceTimeoutError)
-    async def timeout(_: Request, exc: InferenceTimeoutError) -> JSONResponse:
-        return error_response(504, "timeout", str(exc))
-
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
+    async def other_error(_: Request, exc: Exception) -> Response:
+        return native_error(exc)
 
     return app
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, plus the bounds that only the served bundle knows (token ids, layers...)."""
+    """FastAPI's document, plus the bounds that only the served bundle knows (token ids, layers...):
+    the default model's, the model a request gets when it names none."""
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)  # builds and keeps app.openapi_schema
-        core = getattr(app.state, "core", None)
-        if core is None:
+        registry = app.state.registry
+        default = registry.serving.get(registry.default_name() or "")
+        if default is None:
             app.openapi_schema = None  # not started: kept only once the bounds are known
             return schema
-        b = core.bundle
+        b = default.core.bundle
         fill_bounds(schema, model_bounds(b.vocab_size, b.arch.n_layer, b.arch.n_head))
         return schema
     return app.openapi_schema
+
+
+async def _poll(registry: ModelRegistry, every_s: float) -> None:
+    """MODEL_CONTROL_MODE=poll: read the repository again every REPOSITORY_POLL_S."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await registry.poll()
+        except Exception:  # a bad repository read must not end polling
+            log.exception("polling the model repository failed")

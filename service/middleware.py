@@ -6,37 +6,21 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.kserve.routes import error_response as v2_error
-from service.api.openai.errors import plain_error as openai_error
+from service.api.deps import LEASES_KEY, release_leases
+from service.api.plugin import Protocol
 from service.budget import BUDGET_KEY, Reservation, ResponseBudget
 from service.connection import SCOPE_KEY
 from service.metrics import Metrics
-from service.responses import error_response
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
-# Paths whose errors take OpenAI's shape rather than attnserve's own.
-OPENAI_PATHS = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")
 DRAINING = "the server is shutting down; retry on another replica"
-
-
-def protocol_error(path: str, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> ASGIApp:
-    """An error answer in the shape of the protocol that the path belongs to."""
-    if path.startswith(OPENAI_PATHS):
-        return openai_error(status, kind, message, headers)
-    if path.startswith("/v2/"):
-        return v2_error(status, message, headers)
-    return error_response(status, kind, message, headers=headers)
-
-
-def takes_work(path: str) -> bool:
-    """Paths that run the model: refused while draining (probes, metrics and metadata keep answering)."""
-    return path.startswith(("/v1/", *OPENAI_PATHS)) or (path.startswith("/v2/models/") and path.endswith("/infer"))
 
 
 class RequestContext:
@@ -46,8 +30,21 @@ class RequestContext:
     reservation, a 500 for anything unhandled, and the metrics, timed to the last byte written.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, settings: Any, state: Any, budget: ResponseBudget) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        settings: Any,
+        state: Any,
+        budget: ResponseBudget,
+        protocols: Sequence[Protocol],
+    ) -> None:
         self.app = app
+        # The first protocol is the default: it answers for every path that no other one owns.
+        self.default, self.protocols = protocols[0], protocols[1:]
+        self.takes_work = [p.takes_work for p in protocols]
+        self.changes_server = [p.changes_server for p in protocols]
+        self.admin_keys = [k.encode() for k in settings.admin_key_list()]
         self.metrics = metrics
         self.max_body_bytes = settings.max_body_bytes
         self.state = state
@@ -84,20 +81,29 @@ class RequestContext:
             await send(message)
 
         async def reply(code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
-            await protocol_error(path, code, kind, message, headers)(scope, receive, send_with_id)
+            owner = next((p for p in self.protocols if p.owns(path)), self.default)
+            await owner.render_error(code, kind, message, headers)(scope, receive, send_with_id)
 
         held_bytes = Reservation(self.budget)
         scope[BUDGET_KEY] = held_bytes
+        scope[LEASES_KEY] = []
         connection = scope.get(SCOPE_KEY)
         try:
             if sum(1 for name, _ in scope["headers"] if name == b"authorization") > 1:
                 # Proxies differ in which of several they forward, so none of them is taken.
                 await reply(400, "invalid_request", "the request has more than one Authorization header")
                 return
-            if self.keys and not self._open(path) and not self._authorized(headers):
+            if self.keys and not self._open(path) and not self._authorized(headers, self.keys):
                 await reply(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
                 return
-            if self.state.draining and takes_work(path):
+            if (
+                self.keys
+                and any(f(path) for f in self.changes_server)
+                and not self._authorized(headers, self.admin_keys)
+            ):
+                await reply(403, "forbidden", FORBIDDEN)
+                return
+            if self.state.draining and any(f(path) for f in self.takes_work):
                 await reply(503, "draining", DRAINING, {"Retry-After": "1"})
                 return
             body = await self._read_body(headers, receive)
@@ -128,23 +134,25 @@ class RequestContext:
                 status = 499  # the client left, or was dropped for not reading, before the last byte
         finally:
             held_bytes.release()
+            model = release_leases(scope)  # a swapped-out version is freed after its last request
             elapsed = time.perf_counter() - started
             # The matched route's template keeps label values bounded, whatever paths clients send.
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(elapsed)
+            self.metrics.requests.labels(route, str(status), model).inc()
+            self.metrics.latency.labels(route, model).observe(elapsed)
             log.debug("%s %s %d %.1fms id=%s", scope["method"], path, status, elapsed * 1000, request_id)
 
     def _open(self, path: str) -> bool:
         return path.startswith(self.open_paths) or (path == "/" and "/explorer" in self.open_paths)
 
-    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+    @staticmethod
+    def _authorized(headers: dict[bytes, bytes], keys: list[bytes]) -> bool:
         given = headers.get(b"authorization", b"")
         if not given.lower().startswith(b"bearer "):
             return False
         token = given[7:].strip()
         # Every key is compared, each in constant time, so the answer's timing says nothing of them.
-        return sum(hmac.compare_digest(token, k) for k in self.keys) > 0
+        return sum(hmac.compare_digest(token, k) for k in keys) > 0
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | object:
         """The whole body; TOO_LARGE past the limit (checked before reading when declared); GONE when
@@ -170,6 +178,7 @@ class RequestContext:
 
 TOO_LARGE, GONE = object(), object()
 UNAUTHORIZED = "a valid API key is needed: send it as 'Authorization: Bearer KEY'"
+FORBIDDEN = "changing the models needs an admin key (ADMIN_API_KEYS)"
 
 
 def public_paths(settings: Any) -> tuple[str, ...]:

@@ -8,13 +8,38 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "bundles" / "default"
+from service.core.config import CoreConfig
+
+# The committed repository: the Shakespeare model and the lectures' toy model.
+DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "bundles"
+DEFAULT_MODEL_NAME = "attnserve-shakespeare"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
-    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Model bundle directory to serve.")
+    model_repository: Path = Field(
+        DEFAULT_REPOSITORY,
+        description="Model repository: each <dir>/<name>/<version>/ holding a bundle is that version of the "
+        "model <name>; the highest version of each serves.",
+    )
+    model_dir: Path | None = Field(
+        None, description="One bundle directory to serve instead (a repository of one, named by its manifest)."
+    )
+    default_model: str = Field(
+        DEFAULT_MODEL_NAME,
+        description="The model a request gets when it names none; when it is not loaded and only one model "
+        "is, that one.",
+    )
+    model_control_mode: Literal["none", "explicit", "poll"] = Field(
+        "none",
+        description="none: what the repository holds at start serves; explicit: also load, reload and unload "
+        "through the repository API; poll: the repository is read again every REPOSITORY_POLL_S.",
+    )
+    repository_poll_s: float = Field(10.0, gt=0, description="How often MODEL_CONTROL_MODE=poll reads the repository.")
+    max_loaded_models: int = Field(
+        0, ge=0, description="Most models loaded at once (0: no limit); a load past it is refused."
+    )
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     device: Literal["auto", "cuda", "cpu"] = Field(
@@ -92,6 +117,11 @@ class Settings(BaseSettings):
         "", description="Comma-separated API keys; when set, requests need 'Authorization: Bearer KEY'."
     )
     api_keys_file: Path | None = Field(None, description="A file of API keys, one per line, added to API_KEYS.")
+    admin_api_keys: str = Field(
+        "",
+        description="Comma-separated keys for the repository's load and unload routes; with API_KEYS set, only "
+        "these keys may change what the server serves.",
+    )
     metrics_need_key: bool = Field(True, description="With API keys set, /metrics needs one too.")
     docs_need_key: bool = Field(False, description="With API keys set, /docs and /openapi.json need one too.")
     explorer_need_key: bool = Field(False, description="With API keys set, the explorer's page needs one too.")
@@ -106,10 +136,30 @@ class Settings(BaseSettings):
             keys += [line.strip() for line in self.api_keys_file.read_text().splitlines() if line.strip()]
         return keys
 
+    def admin_key_list(self) -> list[str]:
+        return [k.strip() for k in self.admin_api_keys.split(",") if k.strip()]
+
+    def core_config(self) -> CoreConfig:
+        return CoreConfig(
+            device=self.device,
+            intra_op_threads=self.intra_op_threads,
+            max_batch_size=self.max_batch_size,
+            max_batch_delay_ms=self.max_batch_delay_ms,
+            batch_max_padding=self.batch_max_padding,
+            max_queue_rows=self.max_queue_rows,
+            max_texts_per_request=self.max_texts_per_request,
+            max_attention_values=self.max_attention_values,
+            max_attention_compute=self.max_attention_compute,
+            max_active_sequences=self.max_active_sequences,
+            kv_cache_tokens=self.kv_cache_tokens,
+            max_waiting_sequences=self.max_waiting_sequences,
+            request_timeout_s=self.request_timeout_s,
+        )
+
     def origins(self) -> list[str]:
         return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
 
-    @field_validator("api_keys_file", mode="before")
+    @field_validator("api_keys_file", "model_dir", mode="before")
     @classmethod
     def _unset_when_empty(cls, v: object) -> object:
         return None if v == "" else v  # compose passes every setting, unset ones as ""

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.toy import build_toy_bundle
+from export.toy import build_toy_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def _gpu_usable() -> bool:
 
 # Most tests pin DEVICE=cpu; the few about device choice expect what this machine has.
 GPU = _gpu_usable()
-DEFAULT_BUNDLE = ROOT / "bundles" / "default"
+DEFAULT_BUNDLE = ROOT / "bundles" / "attnserve-shakespeare" / "1"
 
 
 @pytest.fixture(scope="session")
@@ -104,11 +104,18 @@ def toy_server(toy_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     server.stop()
 
 
-def batches_larger_than_one(metrics: str, endpoint: str) -> float:
-    count = bucket_one = 0.0
+def metric_value(metrics: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include these (0 when there are none)."""
+    total = 0.0
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
     for line in metrics.splitlines():
-        if line.startswith(f'attnserve_batch_size_count{{endpoint="{endpoint}"}}'):
-            count = float(line.split()[-1])
-        if line.startswith(f'attnserve_batch_size_bucket{{endpoint="{endpoint}",le="1.0"}}'):
-            bucket_one = float(line.split()[-1])
-    return count - bucket_one
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head = line.rsplit(" ", 1)[0]
+            if all(w in head for w in wanted):
+                total += float(line.split()[-1])
+    return total
+
+
+def batches_larger_than_one(metrics: str, endpoint: str) -> float:
+    count = metric_value(metrics, "attnserve_batch_size_count", endpoint=endpoint)
+    return count - metric_value(metrics, "attnserve_batch_size_bucket", endpoint=endpoint, le="1.0")

@@ -8,7 +8,7 @@ import pytest
 
 from model.data import split_text
 from service.core.bundle import load_bundle
-from tests.conftest import DEFAULT_BUNDLE
+from tests.conftest import DEFAULT_BUNDLE, metric_value
 from tests.model.test_train import CORPUS
 
 QUALITY_BAR = 1.80  # nats per character on the validation split
@@ -78,10 +78,9 @@ def test_cached_decoding_of_the_default_bundle_matches_pytorch_up_to_the_full_co
 
 
 def _gauge(server, name: str) -> float:
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "_total "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not in /metrics")
+    metrics = httpx.get(server.url + "/metrics").text
+    assert name in metrics, f"{name} not in /metrics"
+    return metric_value(metrics, name) + metric_value(metrics, name + "_total")
 
 
 def test_a_client_that_leaves_mid_stream_stops_its_generation(default_server):

@@ -1,24 +1,49 @@
-"""What every protocol's routes depend on."""
+"""What every protocol's routes depend on: the registry, and a lease on the model a request names.
+
+A request holds a lease on the model version it got until its answer has left (the middleware gives
+every lease back at the end, streams included), so that a version being swapped out finishes the
+work it took before it is released.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 
 from service.core.inference import InferenceCore
+from service.core.registry import Lease, ModelRegistry
 
 if TYPE_CHECKING:
     from service.api.openai.serving import OpenAIServing
 
+LEASES_KEY = "attnserve.leases"
+
+
+def lease(request: Request, name: str | None, version: str | None = None) -> InferenceCore:
+    """The serving version of the named model (the default model when None), held for this request;
+    raises ModelNotFoundError (each protocol renders it as its own 404)."""
+    held = request.app.state.registry.lease(name, version)
+    request.scope.setdefault(LEASES_KEY, []).append(held)
+    return held.core
+
+
+def release_leases(scope: MutableMapping[str, Any]) -> str:
+    """Give back every lease of a request; returns the model it used ("" for none)."""
+    leases: list[Lease] = scope.get(LEASES_KEY) or []
+    for held in leases:
+        held.release()
+    return leases[0].served.name if leases else ""
+
 
 # async, so FastAPI calls it on the event loop instead of handing each request to its thread pool.
-async def get_core(request: Request) -> InferenceCore:
-    return request.app.state.core
+async def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
 
 
 async def get_openai(request: Request) -> OpenAIServing:
     return request.app.state.openai
 
 
-Core = Annotated[InferenceCore, Depends(get_core)]
+Registry = Annotated[ModelRegistry, Depends(get_registry)]

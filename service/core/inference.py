@@ -22,12 +22,11 @@ import numpy as np
 from bundlespec import ONE_SHOT
 from service.core.batcher import DynamicBatcher
 from service.core.bundle import Bundle
+from service.core.config import CoreConfig, ModelObservers
 from service.core.engine import Engine
 from service.core.errors import InferenceTimeoutError, InputError, QueueFullError
 from service.core.generation import GenerationParams, GenerationStream, Scheduler
 from service.core.sampling import log_softmax, top_indices
-from service.metrics import Metrics
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 LARGE_TEXT_CHARS = 20_000
@@ -66,11 +65,17 @@ class TokenScores:
 
 
 class InferenceCore:
-    def __init__(self, bundle: Bundle, settings: Settings, metrics: Metrics) -> None:
+    """One model version: its engine (ONNX Runtime sessions), a batcher per one-shot job and the
+    generation scheduler. The registry (service.core.registry) owns one per loaded version."""
+
+    def __init__(
+        self, bundle: Bundle, config: CoreConfig, observers: ModelObservers | None = None, name: str | None = None
+    ) -> None:
         self.bundle = bundle
-        self.settings = settings
-        self.metrics = metrics
-        self.engine = Engine(bundle, settings.device, settings.intra_op_threads, max_padding=settings.batch_max_padding)
+        self.config = config
+        self.observers = observers = observers or ModelObservers()
+        self._name = name or bundle.name  # the repository's name for it (its directory), else the manifest's
+        self.engine = Engine(bundle, config.device, config.intra_op_threads, max_padding=config.batch_max_padding)
         # Each token decoded on its own, once, so responses can name tokens without calling the tokenizer.
         self.token_text = bundle.tokenizer.decode_batch([[i] for i in range(bundle.vocab_size)])
         # One worker: a single inference at a time gets every core (ONNX Runtime's intra-op threads).
@@ -82,14 +87,14 @@ class InferenceCore:
             name: DynamicBatcher(
                 run_batch=functools.partial(self.engine.run, name),
                 executor=self._executor,
-                max_batch_size=settings.max_batch_size,
-                max_delay_s=settings.max_batch_delay_ms / 1000,
-                max_queue_rows=settings.max_queue_rows,
+                max_batch_size=config.max_batch_size,
+                max_delay_s=config.max_batch_delay_ms / 1000,
+                max_queue_rows=config.max_queue_rows,
                 name=name,
-                observer=metrics.observer(name),
+                observer=observers.batches(name),
                 # The attention graph computes every map of every row: its batches are bounded by that work.
                 cost=(lambda ids: maps * len(ids) ** 2) if name == "attention" else None,
-                max_batch_cost=settings.max_attention_compute if name == "attention" else None,
+                max_batch_cost=config.max_attention_compute if name == "attention" else None,
             )
             for name in ONE_SHOT
         }
@@ -97,18 +102,17 @@ class InferenceCore:
             self.engine,
             self._executor,
             bundle.tokenizer,
-            max_active=settings.max_active_sequences,
-            kv_cache_tokens=settings.kv_cache_tokens or settings.max_active_sequences * bundle.context_length,
-            max_waiting=settings.max_waiting_sequences,
-            step_timeout_s=settings.request_timeout_s,
-            observer=metrics.generation_observer(),
+            max_active=config.max_active_sequences,
+            kv_cache_tokens=config.kv_cache_tokens or config.max_active_sequences * bundle.context_length,
+            max_waiting=config.max_waiting_sequences,
+            step_timeout_s=config.request_timeout_s,
+            observer=observers.generation(),
         )
-        metrics.kv_cache_capacity.set(self.scheduler.kv_cache_tokens)
-        metrics.model_info.info({"name": bundle.name, "version": bundle.version, "provider": self.engine.provider})
+        observers.kv_capacity(self.scheduler.kv_cache_tokens)
 
     @property
     def name(self) -> str:
-        return self.bundle.name
+        return self._name
 
     @property
     def provider(self) -> str:
@@ -162,12 +166,33 @@ class InferenceCore:
             if bad:
                 raise InputError(f"{what}[{i}] has ids outside the vocabulary [0, {vocab}): {bad[:5]}")
 
+    async def input_rows(
+        self,
+        texts: Sequence[str] | None,
+        token_ids: Sequence[Sequence[int]] | None,
+        truncate: bool = False,
+        what: str = "token_ids",
+    ) -> list[Row]:
+        """The one rule every protocol follows: texts are tokenized, token ids checked against the
+        vocabulary, and either way the count and lengths are checked (rows())."""
+        if (texts is None) == (token_ids is None):
+            raise InputError("give exactly one of texts or token ids")
+        if texts is not None:
+            encoded = await self.encode_async(texts)
+        else:
+            assert token_ids is not None
+            encoded = [list(ids) for ids in token_ids]
+            self.check_ids(encoded, what)
+        if not encoded:
+            raise InputError("the request has no inputs")
+        if any(len(ids) == 0 for ids in encoded):
+            raise InputError("every input needs at least one token")
+        return self.rows(encoded, truncate)
+
     def rows(self, encoded: Sequence[Sequence[int]], truncate: bool = False) -> list[Row]:
         """Check the inputs' count and lengths."""
-        if len(encoded) > self.settings.max_texts_per_request:
-            raise InputError(
-                f"{len(encoded)} inputs in one request; the limit is {self.settings.max_texts_per_request}"
-            )
+        if len(encoded) > self.config.max_texts_per_request:
+            raise InputError(f"{len(encoded)} inputs in one request; the limit is {self.config.max_texts_per_request}")
         context = self.bundle.context_length
         out = []
         for i, ids in enumerate(encoded):
@@ -181,14 +206,12 @@ class InferenceCore:
 
     async def _run(self, name: str, rows: list[Row]) -> list[Any]:
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
+            async with asyncio.timeout(self.config.request_timeout_s):
                 return await self.batchers[name].submit([r.ids for r in rows])
         except TimeoutError as e:
-            raise InferenceTimeoutError(
-                f"no answer within REQUEST_TIMEOUT_S={self.settings.request_timeout_s:g}s"
-            ) from e
+            raise InferenceTimeoutError(f"no answer within REQUEST_TIMEOUT_S={self.config.request_timeout_s:g}s") from e
         except QueueFullError:
-            self.metrics.rejected.labels(name).inc(len(rows))
+            self.observers.rejected(name, len(rows))
             raise
 
     # -- the jobs --------------------------------------------------------------------------------
@@ -223,17 +246,17 @@ class InferenceCore:
         layers, heads = self.layer_head_indices(layers, heads)
         squares = sum(len(r.ids) ** 2 for r in rows)
         values = len(layers) * len(heads) * squares
-        if values > self.settings.max_attention_values:
+        if values > self.config.max_attention_values:
             raise InputError(
                 f"the answer would hold {values:,} attention weights, more than MAX_ATTENTION_VALUES="
-                f"{self.settings.max_attention_values:,}; ask for fewer layers, heads or inputs"
+                f"{self.config.max_attention_values:,}; ask for fewer layers, heads or inputs"
             )
         arch = self.bundle.arch
         computed = arch.n_layer * arch.n_head * squares
-        if computed > self.settings.max_attention_compute:
+        if computed > self.config.max_attention_compute:
             raise InputError(
                 f"these inputs need {computed:,} attention weights computed (every layer and head of each, "
-                f"whatever is returned), more than MAX_ATTENTION_COMPUTE={self.settings.max_attention_compute:,}; "
+                f"whatever is returned), more than MAX_ATTENTION_COMPUTE={self.config.max_attention_compute:,}; "
                 "send fewer or shorter inputs per request"
             )
         if reserve is not None:
@@ -260,7 +283,7 @@ class InferenceCore:
         try:
             return self.scheduler.submit([(row.ids, params) for row, params in requests])
         except QueueFullError:
-            self.metrics.rejected.labels("generate").inc(len(requests))
+            self.observers.rejected("generate", len(requests))
             raise
 
 

@@ -11,18 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, metric_value
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx-light)")
 
 
 def requests_served(url: str) -> float:
-    total = 0.0
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith('attnserve_requests_total{route="/v1/next-token",status="200"}'):
-            total += float(line.split()[-1])
-    return total
+    metrics = httpx.get(url + "/metrics").text
+    return metric_value(metrics, "attnserve_requests_total", route="/v1/next-token", status="200")
 
 
 @pytest.fixture

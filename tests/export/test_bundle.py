@@ -10,9 +10,9 @@ import torch
 
 from bundlespec import GRAPHS, MANIFEST_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from export.verify import ParityError, verify_bundle
+from model.toy import train_toy
 from service.core.bundle import load_bundle
 from service.core.errors import BundleError
-from tests.toy import train_toy
 
 
 @pytest.fixture(scope="module")

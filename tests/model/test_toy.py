@@ -2,7 +2,7 @@
 
 import torch
 
-from tests.toy import train_toy
+from model.toy import train_toy
 
 
 def test_toy_model_learns_that_not_like_means_hate():

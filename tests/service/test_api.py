@@ -7,7 +7,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import batches_larger_than_one
+from tests.conftest import batches_larger_than_one, metric_value
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +119,11 @@ def test_models_health_readiness_and_metrics(client):
         "attnserve_inference_seconds",
         "attnserve_batch_size",
         "attnserve_queue_depth",
-        "attnserve_model_info",
+        "attnserve_model_state",
+        "attnserve_model_resident_bytes",
     ):
         assert name in metrics, name
+    assert metric_value(metrics, "attnserve_model_state", model="toy", state="READY") == 1
     assert 'route="/v1/models",status="200"' in metrics
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import DEFAULT_BUNDLE
+from tests.conftest import DEFAULT_BUNDLE, metric_value
 
 
 def _connect(url: str, rcvbuf: int | None = None) -> socket.socket:
@@ -45,11 +45,7 @@ def _read(s: socket.socket, timeout: float = 10) -> bytes:
 
 
 def _metric(server, name: str, **labels: str) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith(f"{name}{{{want}}}" if want else name + " "):
-            return float(line.split()[-1])
-    return 0.0
+    return metric_value(httpx.get(server.url + "/metrics").text, name, **labels)
 
 
 def _rss_mb(pid: int) -> float:
@@ -342,6 +338,7 @@ def test_an_unhandled_error_is_a_500_that_carries_its_request_id():
     # In process, around an app that fails: no route of the real server fails on purpose.
     from types import SimpleNamespace
 
+    from service.app import PROTOCOLS
     from service.budget import ResponseBudget
     from service.metrics import Metrics
     from service.middleware import RequestContext
@@ -351,7 +348,8 @@ def test_an_unhandled_error_is_a_500_that_carries_its_request_id():
         raise RuntimeError("a bug")
 
     metrics = Metrics()
-    app = RequestContext(failing_app, metrics, Settings(), SimpleNamespace(draining=False), ResponseBudget(10**6))
+    state = SimpleNamespace(draining=False)
+    app = RequestContext(failing_app, metrics, Settings(), state, ResponseBudget(10**6), PROTOCOLS)
 
     async def call() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:

@@ -14,6 +14,8 @@ import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
+from tests.conftest import metric_value
+
 TEXTS = ["I do not like", "we do like like. you"]
 
 
@@ -47,10 +49,11 @@ def test_health_server_metadata_and_the_model_index(client):
     meta = client.get_server_metadata()
     assert meta["name"] == "attnserve"
     assert {"binary_tensor_data", "classification"} <= set(meta["extensions"])
+    # The repository's models (here one: MODEL_DIR), each of whose jobs is a v2 model.
     index = client.get_model_repository_index()
-    assert {m["name"] for m in index} == {"next_token", "attention", "score"}
-    for m in index:
-        assert client.is_model_ready(m["name"]) and client.is_model_ready(m["name"], m["version"])
+    assert [(m["name"], m["state"]) for m in index] == [("toy", "READY")]
+    for name in ("next_token", "attention", "score", "toy", "toy.next_token", "toy.attention", "toy.score"):
+        assert client.is_model_ready(name) and client.is_model_ready(name, index[0]["version"])
 
 
 def test_model_metadata_names_every_output_with_its_datatype_and_shape(client, toy_bundle):
@@ -314,9 +317,5 @@ def test_v2_and_native_requests_share_one_batcher_and_its_queue_limit(toy_bundle
 
 
 def batch_totals(metrics: str) -> tuple[float, float]:
-    values = {}
-    for line in metrics.splitlines():
-        for kind in ("sum", "count"):
-            if line.startswith(f'attnserve_batch_size_{kind}{{endpoint="next_token"}}'):
-                values[kind] = float(line.split()[-1])
-    return values["sum"], values["count"]
+    total = metric_value(metrics, "attnserve_batch_size_sum", endpoint="next_token")
+    return total, metric_value(metrics, "attnserve_batch_size_count", endpoint="next_token")

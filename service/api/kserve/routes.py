@@ -14,29 +14,32 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from service.api.deps import Registry
 from service.api.kserve.codec import HEADER_LENGTH, InferRequestHeader, V2Error, decompress, parse_request
-from service.api.kserve.serving import MAX_INPUT_RANK, MODELS, V2Model, V2Serving
+from service.api.kserve.serving import MAX_INPUT_RANK, MODELS, Target, V2Serving
+from service.api.plugin import RETRY_AFTER, Protocol, core_problem
 from service.api.strict import ProtocolRoute
 from service.budget import reservation
-from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
+from service.core.errors import ControlError
 from service.problems import summary
 
 log = logging.getLogger(__name__)
 
 
+# A core error's class -> the v2 status. A load that fails, or a change the control mode does not
+# allow, is a 400, as Triton answers them.
+V2_STATUS = {"invalid": 400, "not_found": 404, "overloaded": 503, "draining": 503, "timeout": 504}
+
+
 def error_body(exc: BaseException) -> tuple[int, str, dict[str, str] | None]:
     """Status, message and headers for an exception raised while answering a v2 request."""
-    retry = {"Retry-After": "1"}
-    if isinstance(exc, V2Error | InputError):
+    if isinstance(exc, V2Error):
         return 400, str(exc), None
     if isinstance(exc, RequestValidationError):
         return 400, summary(exc.errors()), None
-    if isinstance(exc, LookupError):
-        return 404, str(exc.args[0] if exc.args else exc), None
-    if isinstance(exc, QueueFullError | DrainingError):
-        return 503, str(exc), retry
-    if isinstance(exc, InferenceTimeoutError):
-        return 504, str(exc), None
+    problem = core_problem(exc)
+    if problem is not None:
+        return V2_STATUS[problem.kind], problem.message, RETRY_AFTER if problem.retry else None
     if isinstance(exc, HTTPException):
         return exc.status_code, str(exc.detail), getattr(exc, "headers", None)
     log.error("unhandled error in a KServe v2 route", exc_info=exc)
@@ -97,21 +100,54 @@ async def ready(request: Request) -> Response:
 
 
 @router.post("/repository/index")
-async def repository_index(s: V2) -> list[dict[str, str]]:
-    """The models on this server (read-only: models are not loaded or unloaded at run time)."""
-    return [{"name": name, "version": s.version, "state": "READY"} for name in s.models()]
+async def repository_index(registry: Registry) -> list[dict[str, str]]:
+    """Every model of the repository: name, version, state (READY, UNAVAILABLE, LOADING, UNLOADING)
+    and, when it is not READY, the reason."""
+    out = []
+    for m in registry.index():
+        entry = {"name": m.name, "version": m.version, "state": str(m.state)}
+        if m.reason:
+            entry["reason"] = m.reason
+        out.append(entry)
+    return out
 
 
-async def get_model(request: Request, name: ModelName) -> V2Model:
+RepositoryModel = Annotated[str, Path(description="The repository's model name (its directory)")]
+
+
+@router.post("/repository/models/{name}/load", response_class=Response, responses=EMPTY)
+async def repository_load(name: RepositoryModel, request: Request) -> Response:
+    """Load a model's highest version, or swap to it when another version serves (explicit mode only).
+    A failed load is a 400 with the reason, and what served before still serves."""
+    check_control(request, "load")
+    await request.app.state.registry.load(name)
+    return Response(status_code=200)
+
+
+@router.post("/repository/models/{name}/unload", response_class=Response, responses=EMPTY)
+async def repository_unload(name: RepositoryModel, request: Request) -> Response:
+    """Unload a model (explicit mode only): new requests get 404; requests already running finish."""
+    check_control(request, "unload")
+    await request.app.state.registry.unload(name)
+    return Response(status_code=200)
+
+
+def check_control(request: Request, action: str) -> None:
+    mode = request.app.state.settings.model_control_mode
+    if mode != "explicit":
+        raise ControlError(f"cannot {action} models: MODEL_CONTROL_MODE is {mode!r}; it must be 'explicit'")
+
+
+async def get_model(request: Request, name: ModelName) -> Target:
     """The model the path names, at the version it names when it names one (else 404)."""
-    return request.app.state.v2.model(name, request.path_params.get("version"))
+    return request.app.state.v2.target(request, name, request.path_params.get("version"))
 
 
 async def _version(version: Annotated[str, Path(examples=["1"])]) -> None:
     """Declares the path's version for the OpenAPI document; get_model reads and checks it."""
 
 
-Model = Annotated[V2Model, Depends(get_model)]
+Model = Annotated[Target, Depends(get_model)]
 
 
 async def model_metadata(m: Model, request: Request) -> dict[str, Any]:
@@ -158,7 +194,8 @@ INFER_BODY = {
 async def infer(m: Model, request: Request) -> Response:
     """Run a model on JSON or binary tensors (the binary tensor data extension)."""
     s: V2Serving = request.app.state.v2
-    body = decompress(await request.body(), request.headers.get("content-encoding"), s.core.settings.max_body_bytes)
+    limit = request.app.state.settings.max_body_bytes
+    body = decompress(await request.body(), request.headers.get("content-encoding"), limit)
     parsed = parse_request(body, request.headers.get(HEADER_LENGTH), MAX_INPUT_RANK)
     content, header_length = await s.infer(m, parsed, reservation(request.scope))
     if header_length is None:
@@ -187,3 +224,17 @@ def _add_model_routes() -> None:
 
 
 _add_model_routes()
+
+
+def render_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return error_response(status, message, headers)  # v2 errors carry no code: {"error": message}
+
+
+protocol = Protocol(
+    "kserve",
+    [router],
+    render_error,
+    owns=lambda path: path.startswith("/v2/"),
+    takes_work=lambda path: path.startswith("/v2/models/") and path.endswith("/infer"),
+    changes_server=lambda path: path.startswith("/v2/repository/models/"),
+)

@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from service import __version__
+from service.api.deps import LEASES_KEY, lease
 from service.api.kserve.codec import BYTES, InferRequest, Output, Tensor, V2Error, encode_response
 from service.budget import Reservation
-from service.core.errors import InputError
+from service.core.errors import ModelNotFoundError
 from service.core.inference import InferenceCore, Row, off_loop
+from service.core.registry import ModelRegistry
 from service.core.sampling import top_indices
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "parameters"]
@@ -205,88 +207,117 @@ MODELS: dict[str, V2Model] = {
 PROTOCOL_PARAMS = {"binary_data_output"}
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a v2 model name resolves to: a job of one loaded model version."""
+
+    name: str  # the v2 model name as asked
+    job: V2Model
+    core: InferenceCore
+    version: str
+
+
 class V2Serving:
-    def __init__(self, core: InferenceCore) -> None:
-        self.core = core
+    """v2 model names over the registry: `<model>.<job>` for every loaded model (`<model>` alone is its
+    next_token job), and the bare job names for the default model, as before there was a repository."""
 
-    @property
-    def version(self) -> str:
-        return self.core.bundle.version
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
 
-    def models(self) -> list[str]:
-        return list(MODELS)
+    def names(self) -> list[str]:
+        """Every v2 model name that answers now."""
+        default = self.registry.default_name()
+        out = list(MODELS) if default in self.registry.serving else []
+        for served in self.registry.ready():
+            out += [served.name] + [f"{served.name}.{job}" for job in MODELS]
+        return out
 
-    def model(self, name: str, version: str | None = None) -> V2Model:
-        m = MODELS.get(name)
-        if m is None:
-            raise LookupError(f"unknown model {name!r}; this server has {', '.join(MODELS)}")
-        if version not in (None, "", self.version):
-            raise LookupError(f"model {name!r} has no version {version!r}; it has version {self.version!r}")
-        return m
+    def split(self, name: str) -> tuple[str | None, V2Model]:
+        """(repository model or None for the default, job) for a v2 model name; LookupError if none."""
+        if name in MODELS:
+            return None, MODELS[name]
+        model, _, job = name.rpartition(".")
+        if model and job in MODELS:
+            return model, MODELS[job]
+        if name in self.registry.serving or name in self.registry.available():
+            return name, MODELS["next_token"]
+        raise ModelNotFoundError(
+            f"unknown model {name!r}; the models are <model>.<job> (jobs: {', '.join(MODELS)}) for the loaded "
+            f"models ({', '.join(sorted(self.registry.serving)) or 'none'}), or a bare job for the default model"
+        )
+
+    def target(self, request: Any, name: str, version: str | None) -> Target:
+        model, job = self.split(name)
+        core = lease(request, model, version or None)
+        served_version = request.scope[LEASES_KEY][-1].served.version
+        return Target(name, job, core, served_version)
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "attnserve", "version": __version__, "extensions": EXTENSIONS}
 
-    def _shape(self, shape: list[int]) -> list[int]:
+    @staticmethod
+    def _shape(core: InferenceCore, shape: list[int]) -> list[int]:
         # -2 in a declared shape stands for the vocabulary size, known only once a bundle is loaded.
-        return [self.core.bundle.vocab_size if d == -2 else d for d in shape]
+        return [core.bundle.vocab_size if d == -2 else d for d in shape]
 
-    def model_metadata(self, m: V2Model) -> dict[str, Any]:
+    def model_metadata(self, t: Target) -> dict[str, Any]:
         return {
-            "name": m.name,
-            "versions": [self.version],
+            "name": t.name,
+            "versions": [t.version],
             "platform": PLATFORM,
-            "inputs": [t.metadata() for t in INPUTS],
-            "outputs": [{**t.metadata(), "shape": self._shape(t.shape)} for t in m.outputs],
+            "inputs": [m.metadata() for m in INPUTS],
+            "outputs": [{**m.metadata(), "shape": self._shape(t.core, m.shape)} for m in t.job.outputs],
         }
 
-    def model_config(self, m: V2Model) -> dict[str, Any]:
+    def model_config(self, t: Target) -> dict[str, Any]:
         """Triton's model configuration, so that tools that read it (and people) see the batching."""
-        s = self.core.settings
+        s = t.core.config
         return {
-            "name": m.name,
+            "name": t.name,
             "platform": PLATFORM,
             "backend": "onnxruntime",
-            "version_policy": {"specific": {"versions": [self.version]}},
+            "version_policy": {"specific": {"versions": [t.version]}},
             # Rows carry their own batch axis, so the config states no implicit one (as max_batch_size 0 does).
             "max_batch_size": 0,
             "input": [
                 {
-                    "name": t.name,
-                    "data_type": f"TYPE_{'STRING' if t.datatype == BYTES else t.datatype}",
-                    "dims": t.shape,
-                    "optional": t.optional,
+                    "name": m.name,
+                    "data_type": f"TYPE_{'STRING' if m.datatype == BYTES else m.datatype}",
+                    "dims": m.shape,
+                    "optional": m.optional,
                 }
-                for t in INPUTS
+                for m in INPUTS
             ],
             "output": [
-                {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": self._shape(t.shape)} for t in m.outputs
+                {"name": m.name, "data_type": f"TYPE_{m.datatype}", "dims": self._shape(t.core, m.shape)}
+                for m in t.job.outputs
             ],
             "dynamic_batching": {
                 "max_queue_delay_microseconds": int(s.max_batch_delay_ms * 1000),
                 "preferred_batch_size": [s.max_batch_size],
                 "default_queue_policy": {"max_queue_size": s.max_queue_rows},
             },
-            "parameters": {p.name: {"string_value": p.description} for p in m.params},
-            "description": m.description,
+            "parameters": {p.name: {"string_value": p.description} for p in t.job.params},
+            "description": t.job.description,
         }
 
     async def infer(
-        self, m: V2Model, request: InferRequest, held: Reservation | None = None
+        self, t: Target, request: InferRequest, held: Reservation | None = None
     ) -> tuple[bytes, int | None]:
         header = request.header
+        m = t.job
         params = self._params(m, header.parameters)
-        rows = await self._rows(request.inputs, params.get("truncate", False))
-        wanted, binary, classify = self._outputs(m, header)
-        outputs = [o for o in await m.run(self.core, rows, params, set(wanted), held) if o.name in wanted]
+        rows = await self._rows(t.core, request.inputs, params.get("truncate", False))
+        wanted, binary, classify = self._outputs(t.core, m, header)
+        outputs = [o for o in await m.run(t.core, rows, params, set(wanted), held) if o.name in wanted]
         if classify:
-            outputs = [self._classify(o, classify[o.name]) if o.name in classify else o for o in outputs]
+            outputs = [self._classify(t.core, o, classify[o.name]) if o.name in classify else o for o in outputs]
         order = {name: i for i, name in enumerate(wanted)}
         outputs.sort(key=lambda o: order[o.name])
         if held is not None and held.held:
             # A large answer (tens of MB) is written in a thread, so that the event loop keeps answering.
-            return await off_loop(encode_response, m.name, self.version, header.id, outputs, binary)
-        return encode_response(m.name, self.version, header.id, outputs, binary)
+            return await off_loop(encode_response, t.name, t.version, header.id, outputs, binary)
+        return encode_response(t.name, t.version, header.id, outputs, binary)
 
     def _params(self, m: V2Model, given: dict[str, Any]) -> dict[str, Any]:
         known = {p.name: p for p in m.params}
@@ -303,7 +334,8 @@ class V2Serving:
             out[name] = value
         return out
 
-    async def _rows(self, inputs: dict[str, Tensor], truncate: bool) -> list[Row]:
+    @staticmethod
+    async def _rows(core: InferenceCore, inputs: dict[str, Tensor], truncate: bool) -> list[Row]:
         for name, t in inputs.items():
             meta = INPUTS_BY_NAME.get(name)
             if meta is None:
@@ -313,27 +345,18 @@ class V2Serving:
         text, ids, mask = inputs.get("text"), inputs.get("input_ids"), inputs.get("attention_mask")
         if (text is None) == (ids is None):
             raise V2Error("give exactly one of the inputs 'text' or 'input_ids'")
-        core = self.core
-        try:
-            if text is not None:
-                if mask is not None:
-                    raise V2Error("attention_mask goes with input_ids, not with text")
-                if len(text.shape) not in (1, 2) or (len(text.shape) == 2 and text.shape[1] != 1):
-                    raise V2Error(f"input 'text' must have shape [rows] or [rows, 1], not {list(text.shape)}")
-                encoded = await core.encode_async(_texts(text))
-            else:
-                assert ids is not None
-                encoded = _id_rows(ids, mask)
-                core.check_ids(encoded, "input_ids")
-            if not encoded:
-                raise V2Error("the request has no rows")
-            if any(len(e) == 0 for e in encoded):
-                raise V2Error("every row needs at least one token")
-            return core.rows(encoded, truncate)
-        except InputError as e:
-            raise V2Error(str(e)) from e
+        if text is not None:
+            if mask is not None:
+                raise V2Error("attention_mask goes with input_ids, not with text")
+            if len(text.shape) not in (1, 2) or (len(text.shape) == 2 and text.shape[1] != 1):
+                raise V2Error(f"input 'text' must have shape [rows] or [rows, 1], not {list(text.shape)}")
+            return await core.input_rows(_texts(text), None, truncate)
+        assert ids is not None
+        return await core.input_rows(None, _id_rows(ids, mask), truncate, "input_ids")
 
-    def _outputs(self, m: V2Model, header: Any) -> tuple[dict[str, None], dict[str, bool], dict[str, int]]:
+    def _outputs(
+        self, core: InferenceCore, m: V2Model, header: Any
+    ) -> tuple[dict[str, None], dict[str, bool], dict[str, int]]:
         """The outputs asked for, in order; which go binary; which are classified, with their k."""
         names = [t.name for t in m.outputs]
         default_binary = header.parameters.get("binary_data_output", False)
@@ -360,18 +383,18 @@ class V2Serving:
                     raise V2Error(
                         f"classification applies to {m.classified or 'no output of this model'}, not {o.name!r}"
                     )
-                if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.core.bundle.vocab_size:
-                    raise V2Error(f"classification must be a count from 1 to {self.core.bundle.vocab_size}, not {k!r}")
+                if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= core.bundle.vocab_size:
+                    raise V2Error(f"classification must be a count from 1 to {core.bundle.vocab_size}, not {k!r}")
                 classify[o.name] = k
             unknown = set(o.parameters) - {"binary_data", "classification"}
             if unknown:
                 raise V2Error(f"output {o.name!r} has unknown parameters {sorted(unknown)}")
         return wanted, binary, classify
 
-    def _classify(self, o: Output, k: int) -> Output:
+    def _classify(self, core: InferenceCore, o: Output, k: int) -> Output:
         """Triton's classification extension: the top k of each row as "value:index:label", best first."""
         values = np.asarray(o.value)
-        text = self.core.token_text
+        text = core.token_text
         items = [f"{str(row[j])}:{j}:{text[j]}".encode() for row in values for j in top_indices(row, k).tolist()]
         return Output(o.name, BYTES, items, (values.shape[0], k))
 

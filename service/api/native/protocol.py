@@ -27,6 +27,9 @@ class Inputs(BaseModel):
     truncate: bool = Field(
         False, description="Keep the last context_length tokens of a longer input instead of answering 422."
     )
+    model: str | None = Field(
+        None, description="The model to ask (GET /v1/models lists them); the default model when left out."
+    )
 
     @model_validator(mode="after")
     def _one_kind_of_input(self) -> Inputs:

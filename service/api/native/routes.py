@@ -6,8 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import Core
+from service.api import ops
+from service.api.deps import lease
 from service.api.native import serving
+from service.api.native.errors import error_response, render_error
 from service.api.native.protocol import (
     AttentionRequest,
     AttentionResponse,
@@ -17,30 +19,41 @@ from service.api.native.protocol import (
     ScoreRequest,
     ScoreResponse,
 )
-from service.api.strict import StrictJSONRoute
+from service.api.plugin import Protocol
+from service.api.strict import ProtocolRoute
 from service.budget import reservation
 from service.core.inference import off_loop
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Malformed JSON"},
+    404: {"model": ErrorResponse, "description": "The model named is not loaded"},
     413: {"model": ErrorResponse, "description": "Body larger than MAX_BODY_BYTES"},
     422: {"model": ErrorResponse, "description": "Invalid input; the message says what was wrong"},
     503: {"model": ErrorResponse, "description": "Queue full or draining; see Retry-After"},
     504: {"model": ErrorResponse, "description": "No answer within REQUEST_TIMEOUT_S"},
 }
 
-router = APIRouter(prefix="/v1", tags=["model"], responses=ERRORS, route_class=StrictJSONRoute)
+
+class NativeRoute(ProtocolRoute):
+    """Every error in attnserve's own shape."""
+
+    render = staticmethod(error_response)
+
+
+router = APIRouter(prefix="/v1", tags=["model"], responses=ERRORS, route_class=NativeRoute)
 
 
 @router.post("/next-token", response_model=NextTokenResponse)
-async def next_token(body: NextTokenRequest, core: Core) -> Response:
+async def next_token(body: NextTokenRequest, request: Request) -> Response:
     """Top-k next tokens, with probabilities, for each input."""
+    core = lease(request, body.model)
     return Response(await serving.next_token(core, body), media_type="application/json")
 
 
 @router.post("/attention", response_model=AttentionResponse)
-async def attention(body: AttentionRequest, core: Core, request: Request) -> Response:
+async def attention(body: AttentionRequest, request: Request) -> Response:
     """Softmax attention weights per layer and head, aligned to the input's tokens."""
+    core = lease(request, body.model)
     result = await serving.attention(core, body, reservation(request.scope))
     # A full-context answer is tens of MB of JSON: written in a thread, one map at a time, so that
     # the event loop gets the interpreter between maps (orjson holds it while it writes).
@@ -49,6 +62,16 @@ async def attention(body: AttentionRequest, core: Core, request: Request) -> Res
 
 
 @router.post("/score", response_model=ScoreResponse)
-async def score(body: ScoreRequest, core: Core) -> ScoreResponse:
+async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
     """Log-probability of each token given the ones before it."""
-    return await serving.score(core, body)
+    return await serving.score(lease(request, body.model), body)
+
+
+# Every other path's errors take the native shape too (the default protocol); everything under /v1/
+# that is not OpenAI's runs a model, and /v1/models is refused while draining with the rest of /v1/.
+protocol = Protocol(
+    "native",
+    [router, ops.router],
+    render_error,
+    takes_work=lambda path: path.startswith("/v1/"),
+)

@@ -20,12 +20,7 @@ from service.core.inference import InferenceCore, Row
 
 
 async def rows(core: InferenceCore, req: Inputs) -> list[Row]:
-    if req.texts is not None:
-        encoded = await core.encode_async(req.texts)
-    else:
-        encoded = req.token_ids or []
-        core.check_ids(encoded)
-    return core.rows(encoded, req.truncate)
+    return await core.input_rows(req.texts, req.token_ids, req.truncate)
 
 
 async def next_token(core: InferenceCore, req: NextTokenRequest) -> bytes:

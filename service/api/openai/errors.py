@@ -9,14 +9,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
+from service.api.plugin import RETRY_AFTER, core_problem
 from service.problems import field_of, summary
 
 log = logging.getLogger(__name__)
 
 
-class ModelNotFoundError(LookupError):
-    """The request names a model this server does not serve (404)."""
+# A core error's class -> OpenAI's status, error type and code.
+OPENAI_STATUS = {
+    "invalid": (400, "invalid_request_error", None),
+    "not_found": (404, "invalid_request_error", "model_not_found"),
+    "overloaded": (503, "server_error", "overloaded"),
+    "draining": (503, "server_error", "draining"),
+    "timeout": (504, "server_error", "timeout"),
+}
 
 
 def _body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -25,7 +31,6 @@ def _body(message: str, kind: str, param: str | None = None, code: str | None = 
 
 def error_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] | None]:
     """Status, body and headers for an exception raised while answering an OpenAI request."""
-    retry = {"Retry-After": "1"}
     if isinstance(exc, RequestValidationError):
         problems = exc.errors()
         first = problems[0] if problems else {}
@@ -36,16 +41,11 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] 
     if isinstance(exc, HTTPException):  # FastAPI's own, e.g. a body that is not UTF-8
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return exc.status_code, _body(str(exc.detail), kind), getattr(exc, "headers", None)
-    if isinstance(exc, InputError):
-        return 400, _body(str(exc), "invalid_request_error"), None
-    if isinstance(exc, ModelNotFoundError):
-        return 404, _body(str(exc), "invalid_request_error", "model", "model_not_found"), None
-    if isinstance(exc, QueueFullError):
-        return 503, _body(str(exc), "server_error", None, "overloaded"), retry
-    if isinstance(exc, DrainingError):
-        return 503, _body(str(exc), "server_error", None, "draining"), retry
-    if isinstance(exc, InferenceTimeoutError):
-        return 504, _body(str(exc), "server_error", None, "timeout"), None
+    problem = core_problem(exc)
+    if problem is not None:
+        status, kind, code = OPENAI_STATUS[problem.kind]
+        param = "model" if problem.kind == "not_found" else None
+        return status, _body(problem.message, kind, param, code), RETRY_AFTER if problem.retry else None
     log.error("unhandled error in an OpenAI route", exc_info=exc)
     return 500, _body("internal error; see the server log", "server_error"), None
 

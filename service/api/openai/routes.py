@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import Core, get_openai
-from service.api.openai.errors import error_response
+from service.api.deps import Registry, lease
+from service.api.openai.errors import error_response, plain_error
 from service.api.openai.protocol import (
     Completion,
     CompletionRequest,
@@ -21,7 +21,8 @@ from service.api.openai.protocol import (
     TokenizeResponse,
     TokenizerInfo,
 )
-from service.api.openai.serving import OpenAIServing
+from service.api.openai.serving import OpenAIServing, model_card
+from service.api.plugin import Protocol
 from service.api.strict import ProtocolRoute
 from service.budget import reservation
 
@@ -40,7 +41,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute, responses=ERRORS)
-OpenAI = Annotated[OpenAIServing, Depends(get_openai)]
 
 
 # A streamed answer is server-sent events: one `data: {Completion chunk}` line per event, then `data: [DONE]`.
@@ -62,10 +62,10 @@ STREAM: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/v1/completions", response_model=Completion, responses=STREAM)
-async def completions(body: CompletionRequest, s: OpenAI, request: Request) -> Response:
+async def completions(body: CompletionRequest, request: Request) -> Response:
     """Continue each prompt (OpenAI's completions API); `stream: true` answers with server-sent events."""
-    s.check_model(body.model)
-    rows = s.prompts(body)
+    s = OpenAIServing(lease(request, body.model))
+    rows = await s.prompts(s.core, body)
     if body.stream:
         # Queued before the response starts, so that a full queue is still a 503 and not a broken stream.
         choices, streams = s.start(body, rows, reservation(request.scope))
@@ -75,40 +75,52 @@ async def completions(body: CompletionRequest, s: OpenAI, request: Request) -> R
 
 
 @router.get("/v1/models", response_model=ModelList)
-async def models(s: OpenAI) -> ModelList:
-    """The model being served, in OpenAI's list shape, with its facts and batching settings."""
-    return ModelList(data=[s.model_card()])
+async def models(registry: Registry) -> ModelList:
+    """Every loaded model, in OpenAI's list shape, with its version, facts, resident size and batching."""
+    return ModelList(data=[model_card(served) for served in registry.ready()])
 
 
 @router.get("/v1/models/{model}", response_model=ModelCard)
-async def model(model: str, s: OpenAI) -> ModelCard:
-    """One model, by name; 404 for any other name."""
-    s.check_model(model)
-    return s.model_card()
+async def model(model: str, request: Request) -> ModelCard:
+    """One loaded model, by name; 404 for any other name."""
+    lease(request, model)
+    return model_card(request.app.state.registry.serving[model])
 
 
 @router.post("/tokenize", response_model=TokenizeResponse)
-async def tokenize(body: TokenizeRequest, core: Core, s: OpenAI) -> TokenizeResponse:
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     """Text to token ids (the shape evaluation harnesses' remote tokenizers call)."""
-    s.check_model(body.model)
+    core = lease(request, body.model)
     (ids,) = core.encode([body.prompt])
     strs = [core.token_text[t] for t in ids] if body.return_token_strs else None
     return TokenizeResponse(count=len(ids), max_model_len=core.bundle.context_length, tokens=ids, token_strs=strs)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse)
-async def detokenize(body: DetokenizeRequest, core: Core, s: OpenAI) -> DetokenizeResponse:
+async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
     """Token ids to text."""
-    s.check_model(body.model)
+    core = lease(request, body.model)
     core.check_ids([body.tokens], "tokens")
     return DetokenizeResponse(prompt=core.decode(body.tokens))
 
 
 @router.get("/tokenizer_info", response_model=TokenizerInfo)
-async def tokenizer_info(core: Core) -> TokenizerInfo:
-    """The tokenizer's facts: byte-level BPE with no special tokens."""
+async def tokenizer_info(request: Request, model: str | None = None) -> TokenizerInfo:
+    """The tokenizer's facts (of `?model=`, else the default model): byte-level BPE, no special tokens."""
+    core = lease(request, model)
     return TokenizerInfo(
         tokenizer_class="ByteLevelBPETokenizer",
         model_max_length=core.bundle.context_length,
         vocab_size=core.bundle.vocab_size,
     )
+
+
+# The paths whose errors take OpenAI's shape, and which of them run a model.
+PATHS = ("/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info")
+protocol = Protocol(
+    "openai",
+    [router],
+    plain_error,
+    owns=lambda path: path.startswith(PATHS),
+    takes_work=lambda path: path.startswith(("/v1/completions", "/tokenize", "/detokenize")),
+)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from service.api.openai.errors import ModelNotFoundError, error_body
+from service.api.openai.errors import error_body
 from service.api.openai.protocol import (
     Choice,
     Completion,
@@ -25,6 +25,7 @@ from service.budget import ATTENTION_JSON_BYTES, Reservation
 from service.core.errors import InputError
 from service.core.generation import GenerationParams, GenerationStream, Step
 from service.core.inference import InferenceCore, Row
+from service.core.registry import Served
 from service.core.sampling import SamplingParams
 
 
@@ -42,59 +43,53 @@ class ChoiceState:
     finish_reason: str | None = None
 
 
+def model_card(served: Served) -> ModelCard:
+    """OpenAI's model object for one loaded model, with attnserve's facts about it."""
+    core = served.core
+    arch, s = core.bundle.arch, core.config
+    return ModelCard(
+        id=served.name,
+        created=int(dt.datetime.fromisoformat(core.bundle.manifest.created).timestamp()),
+        owned_by="attnserve",
+        version=served.version,
+        vocab_size=arch.vocab_size,
+        context_length=arch.context_length,
+        max_model_len=arch.context_length,
+        n_layer=arch.n_layer,
+        n_head=arch.n_head,
+        d_model=arch.d_model,
+        provider=core.provider,
+        precision={name: g.precision for name, g in core.bundle.manifest.graphs.items()},
+        resident_bytes=served.resident_bytes,
+        batching={
+            "max_batch_size": s.max_batch_size,
+            "max_batch_delay_ms": s.max_batch_delay_ms,
+            "max_queue_rows": s.max_queue_rows,
+        },
+        generation={
+            "max_active_sequences": s.max_active_sequences,
+            "kv_cache_tokens": core.scheduler.kv_cache_tokens,
+            "max_waiting_sequences": s.max_waiting_sequences,
+        },
+        val_nats_per_char=core.bundle.manifest.training.get("val_nats_per_char"),
+    )
+
+
 class OpenAIServing:
+    """One request's model: made per request from the version its lease holds."""
+
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
-        created = core.bundle.manifest.created
-        self.created = int(dt.datetime.fromisoformat(created).timestamp())
 
-    def model_card(self) -> ModelCard:
-        core, arch, s = self.core, self.core.bundle.arch, self.core.settings
-        return ModelCard(
-            id=core.name,
-            created=self.created,
-            owned_by="attnserve",
-            version=core.bundle.version,
-            vocab_size=arch.vocab_size,
-            context_length=arch.context_length,
-            max_model_len=arch.context_length,
-            n_layer=arch.n_layer,
-            n_head=arch.n_head,
-            d_model=arch.d_model,
-            provider=core.provider,
-            precision={name: g.precision for name, g in core.bundle.manifest.graphs.items()},
-            batching={
-                "max_batch_size": s.max_batch_size,
-                "max_batch_delay_ms": s.max_batch_delay_ms,
-                "max_queue_rows": s.max_queue_rows,
-            },
-            generation={
-                "max_active_sequences": s.max_active_sequences,
-                "kv_cache_tokens": core.scheduler.kv_cache_tokens,
-                "max_waiting_sequences": s.max_waiting_sequences,
-            },
-            val_nats_per_char=core.bundle.manifest.training.get("val_nats_per_char"),
-        )
-
-    def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.core.name:
-            raise ModelNotFoundError(f"the model {name!r} does not exist; this server serves {self.core.name!r}")
-
-    def prompts(self, req: CompletionRequest) -> list[Row]:
+    async def prompts(self, core: InferenceCore, req: CompletionRequest) -> list[Row]:
         p = req.prompt
         if isinstance(p, str):
-            encoded = self.core.encode([p])
-        elif p and all(isinstance(x, str) for x in p):
-            encoded = self.core.encode(p)  # type: ignore[arg-type]
-        elif p and all(isinstance(x, int) for x in p):
-            encoded = [p]  # type: ignore[list-item]
-            self.core.check_ids(encoded, "prompt")
-        else:
-            encoded = p  # type: ignore[assignment]
-            self.core.check_ids(encoded, "prompt")
-        if not encoded or any(len(ids) == 0 for ids in encoded):
-            raise InputError("prompt must not be empty (the model has no start-of-text token to begin from)")
-        return self.core.rows(encoded)
+            return await core.input_rows([p], None, what="prompt")
+        if all(isinstance(x, str) for x in p):
+            return await core.input_rows(p, None, what="prompt")  # type: ignore[arg-type]
+        if all(isinstance(x, int) for x in p):
+            return await core.input_rows(None, [p], what="prompt")  # type: ignore[list-item]
+        return await core.input_rows(None, p, what="prompt")  # type: ignore[arg-type]
 
     def start(
         self, req: CompletionRequest, rows: list[Row], reservation: Reservation | None
@@ -112,10 +107,10 @@ class OpenAIServing:
             attention = self.core.layer_head_indices(req.attention.layers, req.attention.heads)
             layers, heads = attention
             values = len(choices) * len(layers) * len(heads) * req.max_tokens * self.core.bundle.context_length
-            if values > self.core.settings.max_attention_values:
+            if values > self.core.config.max_attention_values:
                 raise InputError(
                     f"the answer could hold {values:,} attention weights, more than MAX_ATTENTION_VALUES="
-                    f"{self.core.settings.max_attention_values:,}; ask for fewer layers, heads, choices or tokens"
+                    f"{self.core.config.max_attention_values:,}; ask for fewer layers, heads, choices or tokens"
                 )
             if reservation is not None:
                 # Step t's weights cover the prompt and the t tokens before it, so the answer holds at

@@ -1,11 +1,10 @@
-"""The lectures' toy task, small enough to train in seconds: after "not like" comes "hate",
-after "do like" comes "like". A bigram model cannot do it (both contexts end in "like"), so a
-model that gets it right has learnt to attend to the earlier word."""
+"""The lectures' toy task, small enough to train in seconds (and seeded: the same model every time):
+after "not like" comes "hate", after "do like" comes "like". A bigram model cannot do it (both
+contexts end in "like"), so a model that gets it right has learnt to attend to the earlier word."""
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,14 +42,3 @@ def train_toy(steps: int = 300):
         cfg, tc, tokens, tokens[:200], val_chars=len(tokenizer.decode(tokens[:200].tolist())), progress=False
     )
     return model, tokenizer, metrics
-
-
-def build_toy_bundle(out: Path) -> Path:
-    from export.bundle import write_bundle
-    from export.verify import verify_bundle
-
-    model, tokenizer, metrics = train_toy()
-    metrics = {**metrics, "val_nats_per_char": 0.5}
-    write_bundle(model, tokenizer.to_str(), metrics, out, name="toy", version="test")
-    verify_bundle(model, out, trials=4)
-    return out

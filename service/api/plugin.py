@@ -1,0 +1,66 @@
+"""A protocol as a plug-in: what create_app and the middleware need to know of it, and nothing else.
+
+Each protocol package (native, openai, kserve) exposes one Protocol. create_app includes its routers;
+the middleware asks the protocols which one owns a path (for the error shape of the answers it writes
+itself), whether a path runs the model (refused while draining) and whether it changes the server
+(needs an admin key). Neither names a protocol's paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter
+from starlette.types import ASGIApp
+
+from service.core.errors import (
+    ControlError,
+    DrainingError,
+    InferenceTimeoutError,
+    InputError,
+    LoadError,
+    ModelNotFoundError,
+    QueueFullError,
+)
+
+# (status, code, message, headers) -> an ASGI response in the protocol's error shape
+ErrorRenderer = Callable[[int, str, str, "dict[str, str] | None"], ASGIApp]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    routers: Sequence[APIRouter]
+    render_error: ErrorRenderer
+    owns: Callable[[str], bool] = lambda path: False  # paths whose errors take this protocol's shape
+    takes_work: Callable[[str], bool] = lambda path: False  # paths that run a model
+    changes_server: Callable[[str], bool] = lambda path: False  # paths that need an admin key
+    openapi_tags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A core error, classified once for every protocol: each maps `kind` to its own status."""
+
+    kind: str  # "invalid", "not_found", "overloaded", "draining", "timeout"
+    message: str
+    retry: bool = False  # answer with Retry-After: 1
+
+
+def core_problem(exc: BaseException) -> Problem | None:
+    """The class of a core error, or None for anything else."""
+    if isinstance(exc, InputError | LoadError | ControlError):
+        return Problem("invalid", str(exc))
+    if isinstance(exc, ModelNotFoundError):
+        return Problem("not_found", str(exc.args[0] if exc.args else exc))
+    if isinstance(exc, QueueFullError):
+        return Problem("overloaded", str(exc), retry=True)
+    if isinstance(exc, DrainingError):
+        return Problem("draining", str(exc), retry=True)
+    if isinstance(exc, InferenceTimeoutError):
+        return Problem("timeout", str(exc))
+    return None
+
+
+RETRY_AFTER = {"Retry-After": "1"}
