@@ -95,7 +95,7 @@ async function api(path, body) {
 }
 
 async function fetchAttention(text) {
-  const r = await api("/v2/models/attention/infer", {
+  const r = await api(`/v2/models/${encodeURIComponent(model.id)}.attention/infer`, {
     inputs: [{ name: "text", shape: [1], datatype: "BYTES", data: [text] }],
     outputs: [{ name: "attention_weights", parameters: { binary_data: true } }],
   });
@@ -114,8 +114,8 @@ async function run() {
   hideError();
   try {
     const [score, next, att] = await Promise.all([
-      api("/v1/score", { texts: [state.text] }).then((r) => r.json()),
-      api("/v1/next-token", { texts: [state.text], top_k: 8 }).then((r) => r.json()),
+      api("/v1/score", { model: model.id, texts: [state.text] }).then((r) => r.json()),
+      api("/v1/next-token", { model: model.id, texts: [state.text], top_k: 8 }).then((r) => r.json()),
       fetchAttention(state.text),
     ]);
     const s = score.results[0];
@@ -177,7 +177,7 @@ async function generate() {
 // -- page state ----------------------------------------------------------------------------------
 
 function saveUrl() {
-  const p = new URLSearchParams({ text: state.text, layer: state.layer, head: state.head, view: state.view });
+  const p = new URLSearchParams({ model: model.id, text: state.text, layer: state.layer, head: state.head, view: state.view });
   history.replaceState(null, "", `${location.pathname}?${p}`);
 }
 
@@ -662,13 +662,20 @@ function openMap(layer, head) {
   setView("heatmap");
 }
 
-function buildControls() {
+// The model's own controls: its layers and heads (built again when another model is picked).
+function buildModelControls() {
   const layer = $("layer");
+  layer.replaceChildren();
   for (let l = 0; l < model.n_layer; l++) layer.append(new Option(String(l), String(l)));
+  layer.value = String(state.layer);
   const head = $("head");
+  head.replaceChildren();
   for (let h = 0; h < model.n_head; h++) head.append(new Option(String(h), String(h)));
   head.append(new Option("mean over heads", "mean"));
+  head.value = String(state.head);
   const toggles = $("head-toggles");
+  toggles.replaceChildren(Object.assign(document.createElement("legend"), { textContent: "Heads shown" }));
+  state.hidden = new Set([...state.hidden].filter((h) => h < model.n_head));
   for (let h = 0; h < model.n_head; h++) {
     const label = document.createElement("label");
     const box = document.createElement("input");
@@ -686,6 +693,13 @@ function buildControls() {
     label.append(box, swatch, ` head ${h}`);
     toggles.append(label);
   }
+}
+
+function buildControls() {
+  const picker = $("model");
+  for (const card of cards) picker.append(new Option(`${card.id} (version ${card.version})`, card.id));
+  picker.value = model.id;
+  buildModelControls();
   const samples = $("samples");
   samples.append(new Option("choose a sample…", ""));
   for (const s of SAMPLES) samples.append(new Option(s.replace(/\n/g, " ↵ "), s));
@@ -693,6 +707,7 @@ function buildControls() {
 
 function wire() {
   $("run").addEventListener("click", run);
+  $("model").addEventListener("change", (e) => pickModel(e.target.value));
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) {
       e.preventDefault();
@@ -741,6 +756,23 @@ function wire() {
   });
 }
 
+// Every loaded model (GET /v1/models), and the one the page asks.
+let cards = [];
+
+function useModel(card) {
+  model = { id: card.id, n_layer: card.n_layer, n_head: card.n_head, context_length: card.context_length };
+  $("model-info").textContent = `${card.id} (version ${card.version}): ${card.n_layer} layers × ${card.n_head} heads, context ${card.context_length} tokens, on ${card.provider}`;
+}
+
+async function pickModel(id) {
+  useModel(cards.find((c) => c.id === id));
+  state.layer = Math.min(state.layer, model.n_layer - 1);
+  state.head = state.head === "mean" ? "mean" : Math.min(state.head, model.n_head - 1);
+  buildModelControls();
+  data = null;
+  await run();
+}
+
 async function start() {
   setStatus("busy");
   $("key-save").addEventListener("click", () => {
@@ -748,9 +780,9 @@ async function start() {
     location.reload();
   });
   try {
-    const card = (await (await api("/v1/models")).json()).data[0];
-    model = { id: card.id, n_layer: card.n_layer, n_head: card.n_head, context_length: card.context_length };
-    $("model-info").textContent = `${card.id}: ${card.n_layer} layers × ${card.n_head} heads, context ${card.context_length} tokens, on ${card.provider}`;
+    cards = (await (await api("/v1/models")).json()).data;
+    const asked = new URLSearchParams(location.search).get("model");
+    useModel(cards.find((c) => c.id === asked) || cards[0]);
     loadUrl();
     buildControls();
     wire();

@@ -42,7 +42,7 @@ def test_compose_passes_every_setting_on_with_the_services_own_default():
     for name, value in settings.items():
         default = re.fullmatch(r"\$\{(\w+):-(.*)\}", value)
         assert default and default.group(1) == name, value
-        if name != "MODEL_DIR":  # the image's own path
+        if name != "MODEL_REPOSITORY":  # the image's own path
             parsed = Settings(**{name.lower(): default.group(2)})
             assert getattr(parsed, name.lower()) == getattr(defaults, name.lower()), name
 

@@ -278,3 +278,36 @@ def test_a_server_with_api_keys_asks_the_page_for_one(browser, toy_bundle, serve
         assert len(page.page.query_selector_all("#tokens span")) > 1
     finally:
         page.close()
+
+
+def test_the_model_picker_switches_between_the_repositorys_models(browser, toy_bundle, server_factory, tmp_path):
+    repo = tmp_path / "repo"
+    for name, bundle in (("attnserve-shakespeare", DEFAULT_BUNDLE), ("toy", toy_bundle)):
+        (repo / name).mkdir(parents=True)
+        (repo / name / "1").symlink_to(bundle)
+    server = server_factory(toy_bundle, model_dir="", model_repository=repo)
+    p = Page(browser, server)
+    try:
+        p.open(f"text={quote('we do like')}")
+        picker = p.page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+        assert picker == ["attnserve-shakespeare", "toy"]
+        assert "attnserve-shakespeare" in p.page.inner_text("#model-info")
+        assert len(p.page.query_selector_all("#layer option")) == 4
+        p.page.select_option("#model", "toy")
+        p.page.wait_for_function("() => document.getElementById('model-info').textContent.startsWith('toy')")
+        p.wait()
+        assert len(p.page.query_selector_all("#layer option")) == 2
+        assert len(p.page.query_selector_all("#head-toggles input")) == 4
+        # The page shows the toy model's own answer, and the URL keeps the choice.
+        top = api(server, "/v1/next-token", {"model": "toy", "texts": ["we do like"], "top_k": 1})["results"][0]["top"]
+        p.page.wait_for_function("() => document.getElementById('next').textContent.includes('like')")
+        assert readable(top[0]["token"]) in p.page.inner_text("#next")
+        assert "model=toy" in p.page.url
+        p.view("model")
+        assert p.canvas_colours() > 10 and p.errors == []
+    finally:
+        p.close()
+
+
+def readable(token: str) -> str:
+    return token.replace(" ", "·").replace("\n", "↵")
