@@ -70,7 +70,7 @@ int8: $(VENV)/.dev
 
 # Engine and serving benchmarks: rewrites BENCHMARKS.md and docs/bench/ (needs wrk: apt-get install wrk).
 bench: $(VENV)/.dev .venv-triton/.ok
-	$(PY) -m loadtest.bench --corpus $(CORPUS)
+	$(PY) -m benchmarks --corpus $(CORPUS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from loadtest.bench import ROOT, Server, service_env
 from loadtest.browser import chromium, full_context_text, open_explorer
+from loadtest.harness import ROOT, Server, service_env
 
 log = logging.getLogger("explorer")
 SAMPLE = "ROMEO:\nBut soft, what light through yonder window breaks?"

@@ -1,6 +1,6 @@
 """Triton Inference Server (through PyTriton) serving the same next-token graph, for the benchmark.
 
-Runs in its own virtual environment (PyTriton pins numpy 1.x), see loadtest/bench.py:
+Runs in its own virtual environment (PyTriton pins numpy 1.x), see benchmarks/:
 
     .venv-triton/bin/python -m loadtest.triton_server --bundle bundles/attnserve-shakespeare/1 --http-port 8010
 

@@ -1,81 +1,8 @@
 """Start the server: python -m service (settings from the environment, see the README)."""
 
-from __future__ import annotations
-
-import asyncio
-import logging
 import sys
 
-import uvicorn
-from pydantic import ValidationError
-from starlette.datastructures import State
-
-from service.app import create_app
-from service.connection import guarded_protocol
-from service.core.bundle import load_bundle
-from service.core.engine import choose_providers
-from service.core.errors import BundleError, DeviceError
-from service.problems import summary
-from service.settings import Settings
-
-log = logging.getLogger("service")
-
-
-class DrainingServer(uvicorn.Server):
-    """SIGTERM/SIGINT: readiness turns 503 at once; the server keeps accepting and serving for
-    DRAIN_DELAY_S (so that load balancers see it leave before its listener closes), then stops
-    accepting and finishes in-flight work. A second signal stops at once."""
-
-    def __init__(self, config: uvicorn.Config, state: State, drain_delay_s: float) -> None:
-        super().__init__(config)
-        self.state = state
-        self.drain_delay_s = drain_delay_s
-
-    def handle_exit(self, sig: int, frame: object) -> None:
-        if self.state.stopping or self.drain_delay_s <= 0:
-            self._stop(sig, frame)
-            return
-        self.state.stopping = True
-        log.info("draining: not ready, serving for %.3g s more before the listener closes", self.drain_delay_s)
-        loop = asyncio.get_event_loop()
-        loop.call_soon_threadsafe(loop.call_later, self.drain_delay_s, self._stop, sig, frame)
-
-    def _stop(self, sig: int, frame: object) -> None:
-        self.state.stopping = True
-        self.state.draining = True
-        super().handle_exit(sig, frame)  # type: ignore[arg-type]
-
-
-def main() -> int:
-    try:
-        settings = Settings()
-    except ValidationError as e:
-        print(f"attnserve: invalid settings: {summary(e.errors(), limit=50, upper=True)}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    try:
-        if settings.model_dir is not None:
-            load_bundle(settings.model_dir)  # one bundle was asked for: a bad one stops the start, with why
-        choose_providers(settings.device)
-    except (BundleError, DeviceError) as e:
-        log.error("cannot start: %s", e)
-        return 2
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=guarded_protocol(settings, app.state.metrics.connection_event),
-        log_level=settings.log_level,
-        access_log=False,  # the middleware counts every request in /metrics; logs them at debug level
-        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-    )
-    DrainingServer(config, app.state, settings.drain_delay_s).run()
-    return 0
-
+from service.server.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Domain errors. Only the HTTP layer (service.app) turns them into status codes."""
+"""Domain errors. Only the protocols (service.api, service.api.plugin.core_problem) turn them into status codes."""
 
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ def test_image_serves_runs_as_non_root_without_torch_and_drains_on_sigterm(env):
     assert statuses == [200] * 6
     pm.podman(env, "wait", name, timeout=60)
     logs = pm.podman(env, "logs", name).stderr + pm.podman(env, "logs", name).stdout
-    assert "service.app: stopped" in logs and "Traceback" not in logs
+    assert "service.server.app: stopped" in logs and "Traceback" not in logs
 
 
 def compose(

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 import yaml
 
-from service.app import create_app
-from service.settings import Settings
+from service.server.app import create_app
+from service.server.settings import Settings
 from tests.conftest import ROOT
 
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -69,7 +69,7 @@ def test_the_deployment_fits_the_service_it_runs(overlay):
         assert container[probe]["timeoutSeconds"] >= 3, probe  # generous: 1 s would restart busy pods
     # The grace period covers the preStop sleep, the drain window and the in-flight work after it.
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-    finish = float(env["REQUEST_TIMEOUT_S"]) + 5  # service/__main__.py: timeout_graceful_shutdown
+    finish = float(env["REQUEST_TIMEOUT_S"]) + 5  # service/server/main.py: timeout_graceful_shutdown
     assert pod["terminationGracePeriodSeconds"] > pre_stop + float(env["DRAIN_DELAY_S"]) + finish
     # Hardened: non-root, read-only root, no capabilities, the runtime's seccomp profile.
     assert (

@@ -34,7 +34,7 @@ def test_compose_passes_every_setting_on_with_the_services_own_default():
 
     import yaml
 
-    from service.settings import Settings
+    from service.server.settings import Settings
 
     settings = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["x-settings"]
     assert set(settings) == {name.upper() for name in Settings.model_fields} - {"HOST", "PORT"}
@@ -48,7 +48,7 @@ def test_compose_passes_every_setting_on_with_the_services_own_default():
 
 
 def test_the_readme_documents_every_setting():
-    from service.settings import Settings
+    from service.server.settings import Settings
 
     readme = (ROOT / "README.md").read_text()
     missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in readme]

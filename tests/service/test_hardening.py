@@ -338,11 +338,11 @@ def test_an_unhandled_error_is_a_500_that_carries_its_request_id():
     # In process, around an app that fails: no route of the real server fails on purpose.
     from types import SimpleNamespace
 
-    from service.app import PROTOCOLS
-    from service.budget import ResponseBudget
-    from service.metrics import Metrics
-    from service.middleware import RequestContext
-    from service.settings import Settings
+    from service.api.budget import ResponseBudget
+    from service.server.app import PROTOCOLS
+    from service.server.metrics import Metrics
+    from service.server.middleware import RequestContext
+    from service.server.settings import Settings
 
     async def failing_app(scope, receive, send):
         raise RuntimeError("a bug")

@@ -83,7 +83,7 @@ def test_sigterm_drains_accepted_requests_then_exits(server_factory, toy_bundle)
     assert ready in (503, "refused")
     # uvicorn re-raises the signal once it has drained, so the exit status is the signal's own.
     assert server.process.wait(30) in (0, -signal.SIGTERM)
-    assert "INFO service.app: stopped" in server.log() and "Traceback" not in server.log()
+    assert "INFO service.server.app: stopped" in server.log() and "Traceback" not in server.log()
     try:
         httpx.get(server.url + "/healthz", timeout=2)
         raise AssertionError("the server still accepts connections after draining")
@@ -115,7 +115,8 @@ def test_a_missing_bundle_or_gpu_stops_the_start_with_a_clear_message(toy_bundle
 
 def test_the_service_never_imports_torch():
     code = (
-        "import sys, service.__main__, service.app; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+        "import sys, service.__main__, service.server.app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -134,6 +134,6 @@ def test_unload_refuses_new_requests_and_lets_running_ones_finish(tmp_path, toy_
 
 
 def _observers():
-    from service.metrics import Metrics
+    from service.server.metrics import Metrics
 
     return Metrics()  # the real observer: its labels must take every state change

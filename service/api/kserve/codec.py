@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from service.problems import summary
+from service.api.problems import summary
 
 HEADER_LENGTH = "inference-header-content-length"
 # The datatypes this server reads or writes, with their numpy forms. BYTES is variable length.

@@ -14,14 +14,14 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from service.api.budget import reservation
 from service.api.deps import Registry
 from service.api.kserve.codec import HEADER_LENGTH, InferRequestHeader, V2Error, decompress, parse_request
 from service.api.kserve.serving import MAX_INPUT_RANK, MODELS, Target, V2Serving
 from service.api.plugin import RETRY_AFTER, Protocol, core_problem
+from service.api.problems import summary
 from service.api.strict import ProtocolRoute
-from service.budget import reservation
 from service.core.errors import ControlError
-from service.problems import summary
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from service import __version__
+from service.api.budget import Reservation
 from service.api.deps import LEASES_KEY, lease
 from service.api.kserve.codec import BYTES, InferRequest, Output, Tensor, V2Error, encode_response
-from service.budget import Reservation
 from service.core.errors import ModelNotFoundError
 from service.core.inference import InferenceCore, Row, off_loop
 from service.core.registry import ModelRegistry

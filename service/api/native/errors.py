@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.api.plugin import RETRY_AFTER, core_problem
-from service.problems import message_of, summary
-from service.responses import error_response as plain_error
+from service.api.problems import message_of, summary
+from service.api.responses import error_response as plain_error
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""attnserve's own routes: thin wrappers over the core, with native error bodies (see service.app)."""
+"""attnserve's own routes: thin wrappers over the core, with native error bodies (service.api.native.errors)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from service.api import ops
+from service.api.budget import reservation
 from service.api.deps import lease
 from service.api.native import serving
 from service.api.native.errors import error_response, render_error
@@ -21,7 +22,6 @@ from service.api.native.protocol import (
 )
 from service.api.plugin import Protocol
 from service.api.strict import ProtocolRoute
-from service.budget import reservation
 from service.core.inference import off_loop
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from service.api.budget import ATTENTION_JSON_BYTES, Reservation
 from service.api.native.protocol import (
     AttentionRequest,
     Inputs,
@@ -15,7 +16,6 @@ from service.api.native.protocol import (
     ScoreResponse,
     ScoreResult,
 )
-from service.budget import ATTENTION_JSON_BYTES, Reservation
 from service.core.inference import InferenceCore, Row
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.api.plugin import RETRY_AFTER, core_problem
-from service.problems import field_of, summary
+from service.api.problems import field_of, summary
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
+from service.api.budget import reservation
 from service.api.deps import Registry, lease
 from service.api.openai.errors import error_response, plain_error
 from service.api.openai.protocol import (
@@ -24,7 +25,6 @@ from service.api.openai.protocol import (
 from service.api.openai.serving import OpenAIServing, model_card
 from service.api.plugin import Protocol
 from service.api.strict import ProtocolRoute
-from service.budget import reservation
 
 
 class OpenAIRoute(ProtocolRoute):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from service.api.budget import ATTENTION_JSON_BYTES, Reservation
 from service.api.openai.errors import error_body
 from service.api.openai.protocol import (
     Choice,
@@ -21,7 +22,6 @@ from service.api.openai.protocol import (
     ModelCard,
     Usage,
 )
-from service.budget import ATTENTION_JSON_BYTES, Reservation
 from service.core.errors import InputError
 from service.core.generation import GenerationParams, GenerationStream, Step
 from service.core.inference import InferenceCore, Row

@@ -38,7 +38,7 @@ class _HeadersTooLarge(Exception):
 
 
 class GuardedProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol with the limits of service.settings (set on a subclass by guarded_protocol())."""
+    """HttpToolsProtocol with the limits of service.server.settings (set on a subclass by guarded_protocol())."""
 
     max_connections = 1024
     max_header_bytes = 16384

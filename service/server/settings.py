@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.core.config import CoreConfig
 
 # The committed repository: the Shakespeare model and the lectures' toy model.
-DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "bundles"
+DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "bundles"
 DEFAULT_MODEL_NAME = "attnserve-shakespeare"
 
 
@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="Longest wait for an answer; then 504.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
-    # -- the connection layer (service/connection.py) ---------------------------------------------
+    # -- the connection layer (service/server/connection.py) ---------------------------------------
     max_connections: int = Field(
         1024, ge=1, description="Open connections at most; more are answered 503 and closed at once."
     )

@@ -11,11 +11,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.budget import BUDGET_KEY, Reservation, ResponseBudget
 from service.api.deps import LEASES_KEY, release_leases
 from service.api.plugin import Protocol
-from service.budget import BUDGET_KEY, Reservation, ResponseBudget
-from service.connection import SCOPE_KEY
-from service.metrics import Metrics
+from service.server.connection import SCOPE_KEY
+from service.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

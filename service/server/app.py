@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
+from service.api.budget import ResponseBudget
 from service.api.kserve.routes import protocol as kserve
 from service.api.kserve.serving import V2Serving
 from service.api.native.errors import error_response as native_error
@@ -29,15 +30,14 @@ from service.api.native.routes import protocol as native
 from service.api.openai.routes import protocol as openai
 from service.api.plugin import Protocol
 from service.api.schema import fill_bounds, model_bounds
-from service.budget import ResponseBudget
 from service.core.errors import LoadError
 from service.core.registry import ModelRegistry
-from service.metrics import Metrics
-from service.middleware import RequestContext
-from service.settings import Settings
+from service.server.metrics import Metrics
+from service.server.middleware import RequestContext
+from service.server.settings import Settings
 
 log = logging.getLogger(__name__)
-WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 # The protocols this server speaks; the first answers for every path no other one owns.
 PROTOCOLS: tuple[Protocol, ...] = (native, openai, kserve)
 

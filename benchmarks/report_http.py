@@ -1,0 +1,192 @@
+"""The report's HTTP sections: Triton and KServe v2, payloads, the explorer, the toy request path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.timing import verdict
+from loadtest.harness import by_concurrency
+from loadtest.triton import TRITON
+
+
+def toy_report(results: dict, docs: Path) -> list[str]:
+    toy = results.get("toy_http")
+    if not toy:
+        return []
+    ours, bare = (toy["servers"][k] for k in ("service, toy model", "bare FastAPI, the same answer"))
+    out = [
+        "## The HTTP-bound regime: a model that costs almost nothing",
+        "",
+        "The tests' toy model (2 layers, width 32, context 24) makes inference nearly free, as a GPU does for the "
+        "real one, so the request path is all that is left. The service on it against the bare FastAPI endpoint "
+        f"that returns the service's own {toy['body_bytes']}-byte answer, on the same request, from the same wrk.",
+        "",
+        "| clients | service req/s | bare FastAPI req/s | ratio | service p99 ms | bare p99 ms | loop µs/request |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a, b in zip(ours, bare, strict=True):
+        out.append(
+            f"| {a['concurrency']} | {a['rps']:.0f} | {b['rps']:.0f} | {a['rps'] / b['rps']:.0%} | {a['p99_ms']:.1f} | "
+            f"{b['p99_ms']:.1f} | {a.get('loop_us_per_request', 0):.0f} |"
+        )
+    before_file = docs / "toy_http_before.json"
+    if before_file.exists():
+        # The lean-path change, measured with this section before it (its commit) and in this run after.
+        before = json.loads(before_file.read_text())
+        then = {p["concurrency"]: p for p in before["servers"]["service, toy model"]}
+        out += [
+            "",
+            f"The request path before and after the lean-path change (before: commit {before['commit']}, "
+            f"`{before['note']}`; after: this run):",
+            "",
+            "| clients | loop µs/request before | after | req/s before | after |",
+            "|---|---|---|---|---|",
+        ]
+        for a in ours:
+            b = then.get(a["concurrency"])
+            if b:
+                out.append(
+                    f"| {a['concurrency']} | {b['loop_us_per_request']:.0f} | {a['loop_us_per_request']:.0f} | "
+                    f"{b['rps']:.0f} | {a['rps']:.0f} |"
+                )
+    return [*out, ""]
+
+
+def explorer_report(results: dict) -> list[str]:
+    e = results.get("explorer")
+    if not e:
+        return []
+    return [
+        "## The attention explorer at the full context",
+        "",
+        f"The model view (every layer x head as a {e['tokens']} x {e['tokens']} heatmap) in Debian's chromium, "
+        f"headless, driven by Playwright; median of {e['reps']} page loads after a warm-up "
+        "(`python -m benchmarks --only explorer`). Drawing, by the page's own clock: "
+        f"**{e['draw_ms']:.0f} ms**. From navigation to drawn, with the page, the score, next-token and "
+        f"binary attention requests and the drawing: **{e['load_ms']:.0f} ms**.",
+        "",
+    ]
+
+
+def payload_report(results: dict) -> list[str]:
+    payload = results.get("payload")
+    if not payload:
+        return []
+    rows = {r["form"]: r for r in payload["rows"]}
+    native, binary = rows["attnserve JSON (/v1/attention)"], rows["KServe v2, binary"]
+    out = [
+        "## Attention payloads: JSON against KServe v2 binary tensors",
+        "",
+        f"One full-context attention answer, every layer and head: {' x '.join(map(str, payload['shape']))} "
+        f"(layers x heads x query x key) = {native['values']:,} float32 weights. One httpx client, one server, "
+        f"median of {payload['reps']} after a warm-up; the time covers the request, the transfer and decoding "
+        "into a float32 numpy array on the client (`python -m benchmarks --only payload`).",
+        "",
+        "| form | bytes | client ms | largest difference from the JSON answer |",
+        "|---|---|---|---|",
+    ]
+    for r in payload["rows"]:
+        out.append(f"| {r['form']} | {r['bytes']:,} | {r['median_ms']:.0f} | {r['max_abs_diff']:.1e} |")
+    out += [
+        "",
+        f"Binary is {native['bytes'] / binary['bytes']:.1f}x smaller and "
+        f"{native['median_ms'] / binary['median_ms']:.1f}x faster end to end. "
+        + (
+            "All three forms decode to the same float32 values (JSON writes each weight's shortest float32 decimal)."
+            if all(r["max_abs_diff"] == 0 for r in payload["rows"])
+            else "The forms' values differ by the largest difference shown."
+        ),
+        "",
+    ]
+    return out
+
+
+def _kserve_workloads(results: dict) -> dict[str, dict]:
+    kserve = results.get("kserve", {})
+    if "servers" in kserve:  # a run from before the short-prompt workload
+        return {"prompt mix": kserve}
+    return kserve.get("workloads", {})
+
+
+def triton_rows(results: dict, top: int) -> list[str]:
+    """Both servers on the same KServe v2 request bytes, from the same wrk, per workload; the short
+    prompt has the 1.3x target of the lean request path."""
+    rows = []
+    for label, w in _kserve_workloads(results).items():
+        at = by_concurrency(w["servers"])
+        triton, ours = at.get(TRITON), at.get("service, KServe v2")
+        factor = 1.3 if label.startswith("short") else 1.0
+        goal = f">= {factor:g}x Triton's throughput at concurrency {top}, {label}, same v2 requests, lower p99"
+        if triton is None or ours is None:
+            rows.append(f"| {goal} | not measured (no .venv-triton) | - |")
+            continue
+        ratio = ours[top]["rps"] / triton[top]["rps"]
+        ok = ratio >= factor and ours[top]["p99_ms"] <= triton[top]["p99_ms"]
+        rows.append(
+            f"| {goal} | {ours[top]['rps']:.0f} vs {triton[top]['rps']:.0f} req/s ({ratio:.2f}x); "
+            f"p99 {ours[top]['p99_ms']:.0f} vs {triton[top]['p99_ms']:.0f} ms | {verdict(ok)} |"
+        )
+    return rows
+
+
+def more_target_rows(results: dict) -> list[str]:
+    """Targets of the HTTP-bound regime and of int8, from their sections."""
+    rows = []
+    if results.get("toy_http"):
+        toy = results["toy_http"]["servers"]
+        ours, bare = toy["service, toy model"][-1], toy["bare FastAPI, the same answer"][-1]
+        ratio = ours["rps"] / bare["rps"]
+        rows.append(
+            f"| toy model >= 50% of bare FastAPI's requests/s (concurrency {ours['concurrency']}) | "
+            f"{ours['rps']:.0f} vs {bare['rps']:.0f} req/s = {ratio:.0%} | {verdict(ratio >= 0.5)} |"
+        )
+    q = results.get("int8")
+    if q and "nats_per_char" in q:
+        big = [r for r in q["speed"] if r["batch"] >= 8]
+        delta = q["nats_per_char"]["int8"] - q["nats_per_char"]["float32"]
+        ok = all(r["speedup"] >= 2 for r in big) and delta <= 0.005
+        rows.append(
+            "| int8 next-token >= 2x the engine's throughput at batch 8 to 32, for at most 0.005 nats/char | "
+            + ", ".join(f"{r['speedup']:.2f}x at {r['batch']}" for r in big)
+            + f"; {delta:+.4f} nats/char | {verdict(ok)} |"
+        )
+    return rows
+
+
+def kserve_report(results: dict) -> list[str]:
+    kserve = results.get("kserve")
+    if not kserve:
+        return []
+    out = [
+        "## KServe v2: attnserve and Triton on the same requests",
+        "",
+        f"Run on {kserve['date']}, all rows in that one run (`python -m benchmarks --only kserve`; also part of "
+        "`make bench`). The two v2 rows get the same request bytes from the same wrk (one thread, "
+        f"{kserve['seconds']:g} s per point after a warm-up): each prompt as a BYTES `text` input to "
+        "`/v2/models/next_token/infer`, the top 5 from the classification extension. Triton runs through "
+        "PyTriton, its dynamic batcher at max_batch_size 32 and 2 ms queue delay, in its own virtual environment, "
+        "with the same ONNX graph, tokenizer, session options, padding and length grouping as the service "
+        "(`loadtest/triton_server.py`): the comparison is of the servers, not of how they pad. The native row is "
+        "the service on the same prompts through `/v1/next-token`, for reference. *Loop µs/request* is the "
+        "CPU time of the service's event-loop thread (from `/proc`) over the requests served: the Python cost "
+        "of a request, inference excluded.",
+        "",
+    ]
+    for label, w in _kserve_workloads(results).items():
+        out += [
+            f"**{label}**" + (" (`loadtest/prompts.txt`)" if label == "prompt mix" else ", the same text every time"),
+            "",
+            "| server | clients | requests/s | p50 ms | p90 ms | p99 ms | errors | mean batch | loop µs/request |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, points in w["servers"].items():
+            for p in points:
+                batch = f"{p['mean_batch']:.1f}" if "mean_batch" in p else ""
+                loop = f"{p['loop_us_per_request']:.0f}" if "loop_us_per_request" in p else ""
+                out.append(
+                    f"| {name} | {p['concurrency']} | {p['rps']:.1f} | {p['p50_ms']:.1f} | {p['p90_ms']:.1f} | "
+                    f"{p['p99_ms']:.1f} | {p['errors'] + p['socket_errors']} | {batch} | {loop} |"
+                )
+        out.append("")
+    return out
