@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from service.api.openai.serving import OpenAIServing
 
 LEASES_KEY = "attnserve.leases"
+LOG_KEY = "attnserve.log"  # a request's fields for its access line (rows, tokens, first_token)
+
+
+def note(request: Request) -> dict[str, Any]:
+    """This request's access-line fields, for the protocols to add to (the middleware writes the line)."""
+    return request.scope.setdefault(LOG_KEY, {})
 
 
 def lease(request: Request, name: str | None, version: str | None = None) -> InferenceCore:

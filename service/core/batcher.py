@@ -31,6 +31,7 @@ RunBatch = Callable[[Sequence[Any]], Sequence[Any]]
 class _Row:
     payload: Any
     future: asyncio.Future
+    origin: Any = None  # the observer's origin() of the request (a trace context), or None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -45,11 +46,19 @@ def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | 
 
 
 class BatchObserver:
-    """Hooks for metrics; the default does nothing."""
+    """Hooks for metrics and traces; the default does nothing."""
 
     def queue_depth(self, rows: int) -> None: ...
 
     def batch_done(self, size: int, queue_waits: list[float], inference_s: float) -> None: ...
+
+    def origin(self) -> Any:
+        """Called in the caller's own context when it queues its rows: what a trace of the batch links
+        back to (None: nothing to link, and batch_traced is not called for those rows)."""
+        return None
+
+    def batch_traced(self, origins: list[Any], enqueued: list[float], started: float, finished: float) -> None:
+        """A batch ran: each row's origin and perf_counter() times (queued, batch start and end)."""
 
 
 class DynamicBatcher:
@@ -100,7 +109,8 @@ class DynamicBatcher:
                 f"the {self.name} queue is full ({self._queue.qsize()} of {self.max_queue_rows} rows waiting)"
             )
         loop = asyncio.get_running_loop()
-        rows = [_Row(p, loop.create_future()) for p in payloads]
+        origin = self._observer.origin()
+        rows = [_Row(p, loop.create_future(), origin) for p in payloads]
         for row in rows:
             self._queue.put_nowait(row)
         self._observer.queue_depth(self._queue.qsize())
@@ -169,7 +179,14 @@ class DynamicBatcher:
             finished = time.perf_counter()
             for r, result in zip(live, results, strict=True):
                 _resolve(r.future, result)
-            self._observer.batch_done(len(live), [started - r.enqueued for r in live], finished - started)
+            try:
+                self._observer.batch_done(len(live), [started - r.enqueued for r in live], finished - started)
+                traced = [r for r in live if r.origin is not None]
+                if traced:
+                    origins = [r.origin for r in traced]
+                    self._observer.batch_traced(origins, [r.enqueued for r in traced], started, finished)
+            except Exception:  # an observer's failure must never stop the batcher
+                log.exception("%s: an observer failed", self.name)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new rows, let queued and running rows finish for up to grace_s, then fail the rest."""

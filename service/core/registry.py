@@ -106,7 +106,8 @@ def _is_version(path: Path) -> bool:
 
 
 def _highest(versions: dict[str, Path]) -> str:
-    return max(versions, key=int)
+    # A repository's versions are integers; a single bundle's one version is its manifest's string.
+    return max(versions, key=lambda v: (v.isdigit(), int(v) if v.isdigit() else 0))
 
 
 def _rss_bytes() -> int:

@@ -35,6 +35,7 @@ from service.core.registry import ModelRegistry
 from service.server.metrics import Metrics
 from service.server.middleware import RequestContext
 from service.server.settings import Settings
+from service.server.tracing import TraceIds, setup_tracing
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -56,7 +57,11 @@ def make_registry(settings: Settings, metrics: Metrics) -> ModelRegistry:
 
 
 def create_app(settings: Settings, protocols: tuple[Protocol, ...] = PROTOCOLS) -> FastAPI:
-    metrics = Metrics()
+    tracing = setup_tracing(__version__)
+    if tracing is not None:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(TraceIds())
+    metrics = Metrics(tracer=tracing.get_tracer("attnserve") if tracing else None)
     registry = make_registry(settings, metrics)
 
     @asynccontextmanager
@@ -81,6 +86,8 @@ def create_app(settings: Settings, protocols: tuple[Protocol, ...] = PROTOCOLS) 
         if poller is not None:
             poller.cancel()
         await registry.stop(grace_s=settings.request_timeout_s)
+        if tracing is not None:
+            tracing.shutdown()  # sends the last spans
         log.info("stopped")
 
     docs = settings.docs_enabled
@@ -124,6 +131,7 @@ def create_app(settings: Settings, protocols: tuple[Protocol, ...] = PROTOCOLS) 
         state=app.state,
         budget=app.state.budget,
         protocols=protocols,
+        tracer=tracing.get_tracer("attnserve") if tracing else None,
     )
     origins = settings.origins()
     if origins:

@@ -16,6 +16,7 @@ from service.core.engine import choose_providers
 from service.core.errors import BundleError, DeviceError
 from service.server.app import create_app
 from service.server.connection import guarded_protocol
+from service.server.logs import setup_logging
 from service.server.settings import Settings
 
 log = logging.getLogger("service")
@@ -52,9 +53,7 @@ def main() -> int:
     except ValidationError as e:
         print(f"attnserve: invalid settings: {summary(e.errors(), limit=50, upper=True)}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    setup_logging(settings.log_level, settings.log_format)
     try:
         if settings.model_dir is not None:
             load_bundle(settings.model_dir)  # one bundle was asked for: a bad one stops the start, with why
@@ -69,7 +68,8 @@ def main() -> int:
         port=settings.port,
         http=guarded_protocol(settings, app.state.metrics.connection_event),
         log_level=settings.log_level,
-        access_log=False,  # the middleware counts every request in /metrics; logs them at debug level
+        log_config=None,  # uvicorn's loggers go through service.server.logs, in LOG_FORMAT
+        access_log=False,  # the middleware writes the access lines, with the request id, model and rows
         timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )

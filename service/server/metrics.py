@@ -7,6 +7,11 @@ removed once it is released, so that a swap leaves no stale series behind.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.core.batcher import BatchObserver
@@ -20,7 +25,10 @@ MODEL = ["model", "version"]
 
 
 class Metrics(CoreObservers):
-    def __init__(self) -> None:
+    """Prometheus metrics, and (with a tracer) each batch as a span linked to its requests' spans."""
+
+    def __init__(self, tracer: Any = None) -> None:
+        self.tracer = tracer
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -156,6 +164,8 @@ class _ModelObservers(ModelObservers):
         self._labels = (name, version)
 
     def batches(self, endpoint: str) -> BatchObserver:
+        if self._m.tracer is not None:
+            return _TracedEndpointObserver(self._m, *self._labels, endpoint)
         return _EndpointObserver(self._m, *self._labels, endpoint)
 
     def generation(self) -> GenerationObserver:
@@ -183,6 +193,39 @@ class _EndpointObserver(BatchObserver):
         self._inference.observe(inference_s)
         for w in queue_waits:
             self._wait.observe(w)
+
+
+class _TracedEndpointObserver(_EndpointObserver):
+    """Each request's wait in the queue as a child of its request span, and each batch's inference as
+    one span linked to every request in the batch (a batch serves many traces, so links, not parents)."""
+
+    def __init__(self, metrics: Metrics, name: str, version: str, endpoint: str) -> None:
+        super().__init__(metrics, name, version, endpoint)
+        self._tracer = metrics.tracer
+        self._attributes = {"attnserve.model": name, "attnserve.model_version": version, "attnserve.job": endpoint}
+
+    def origin(self) -> Any:
+        context = trace.get_current_span().get_span_context()
+        return context if context.is_valid else None
+
+    def batch_traced(self, origins: list[Any], enqueued: list[float], started: float, finished: float) -> None:
+        to_ns = time.time_ns() - time.perf_counter_ns()  # perf_counter() seconds -> epoch nanoseconds
+        start_ns, end_ns = int(started * 1e9) + to_ns, int(finished * 1e9) + to_ns
+        firsts: dict[tuple[int, int], tuple[Any, float]] = {}  # one wait per request, from its first row
+        for origin, queued in zip(origins, enqueued, strict=True):
+            key = (origin.trace_id, origin.span_id)  # a SpanContext is not hashable (its trace state is not)
+            firsts[key] = (origin, min(queued, firsts[key][1])) if key in firsts else (origin, queued)
+        for origin, queued in firsts.values():
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(origin))
+            begin = int(queued * 1e9) + to_ns
+            wait = self._tracer.start_span("queue wait", parent, attributes=self._attributes, start_time=begin)
+            wait.end(end_time=start_ns)
+        links = [trace.Link(origin) for origin, _ in firsts.values()]
+        attributes = {**self._attributes, "attnserve.batch_rows": len(origins)}
+        span = self._tracer.start_span(
+            "inference", context=Context(), links=links, attributes=attributes, start_time=start_ns
+        )
+        span.end(end_time=end_ns)
 
 
 class _GenerationObserver(GenerationObserver):

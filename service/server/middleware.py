@@ -9,18 +9,23 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry import context, trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.budget import BUDGET_KEY, Reservation, ResponseBudget
-from service.api.deps import LEASES_KEY, release_leases
+from service.api.deps import LEASES_KEY, LOG_KEY, release_leases
 from service.api.plugin import Protocol
 from service.server.connection import SCOPE_KEY
+from service.server.logs import ACCESS
 from service.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
 DRAINING = "the server is shutting down; retry on another replica"
+PROPAGATOR = TraceContextTextMapPropagator()
+TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
 class RequestContext:
@@ -38,8 +43,11 @@ class RequestContext:
         state: Any,
         budget: ResponseBudget,
         protocols: Sequence[Protocol],
+        tracer: Any = None,
     ) -> None:
         self.app = app
+        self.tracer = tracer
+        self.access_log = settings.access_log
         # The first protocol is the default: it answers for every path that no other one owns.
         self.default, self.protocols = protocols[0], protocols[1:]
         self.takes_work = [p.takes_work for p in protocols]
@@ -87,6 +95,12 @@ class RequestContext:
         held_bytes = Reservation(self.budget)
         scope[BUDGET_KEY] = held_bytes
         scope[LEASES_KEY] = []
+        fields: dict[str, Any] = {}  # what the protocols add to this request's access line
+        scope[LOG_KEY] = fields
+        span: Any = None
+        token: Any = None
+        if self.tracer is not None:
+            span, token = self._start_span(scope, headers, request_id)
         connection = scope.get(SCOPE_KEY)
         try:
             if sum(1 for name, _ in scope["headers"] if name == b"authorization") > 1:
@@ -140,7 +154,38 @@ class RequestContext:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(route, str(status), model).inc()
             self.metrics.latency.labels(route, model).observe(elapsed)
-            log.debug("%s %s %d %.1fms id=%s", scope["method"], path, status, elapsed * 1000, request_id)
+            if self.access_log:
+                access = {"request_id": request_id, "method": scope["method"], "path": path, "route": route}
+                access.update(status=status, duration_ms=round(elapsed * 1000, 3), model=model)
+                if "first_token" in fields:
+                    fields["ttft_ms"] = round((fields.pop("first_token") - started) * 1000, 3)
+                ACCESS.info("%s %s %d", scope["method"], path, status, extra={**access, **fields})
+            if span is not None:
+                span.update_name(f"{scope['method']} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if model:
+                    span.set_attribute("attnserve.model", model)
+                if status >= 500:
+                    span.set_status(trace.StatusCode.ERROR)
+                span.end()
+                context.detach(token)
+
+    def _start_span(self, scope: Scope, headers: dict[bytes, bytes], request_id: str) -> tuple[Any, Any]:
+        """The request's server span, continuing the caller's W3C traceparent when it sent one."""
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items() if k in TRACE_HEADERS}
+        parent = PROPAGATOR.extract(carrier)
+        span = self.tracer.start_span(
+            f"{scope['method']} {scope['path']}",
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes={
+                "http.request.method": scope["method"],
+                "url.path": scope["path"],
+                "attnserve.request_id": request_id,
+            },
+        )
+        return span, context.attach(trace.set_span_in_context(span, parent))
 
     def _open(self, path: str) -> bool:
         return path.startswith(self.open_paths) or (path == "/" and "/explorer" in self.open_paths)

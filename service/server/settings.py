@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger ones get 413.")
     request_timeout_s: float = Field(30.0, gt=0, description="Longest wait for an answer; then 504.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per record; json: one JSON object per line, from every logger."
+    )
+    access_log: bool = Field(True, description="One log line per request (id, route, status, time, model, rows...).")
 
     # -- the connection layer (service/server/connection.py) ---------------------------------------
     max_connections: int = Field(

@@ -179,6 +179,7 @@ async function generate() {
 function saveUrl() {
   const p = new URLSearchParams({ model: model.id, text: state.text, layer: state.layer, head: state.head, view: state.view });
   history.replaceState(null, "", `${location.pathname}?${p}`);
+  $("compare-link").href = `compare.html?${new URLSearchParams({ left: model.id, text: state.text, view: state.view })}`;
 }
 
 function loadUrl() {

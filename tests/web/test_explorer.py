@@ -309,5 +309,41 @@ def test_the_model_picker_switches_between_the_repositorys_models(browser, toy_b
         p.close()
 
 
+def test_two_models_side_by_side_on_the_same_text(browser, toy_bundle, server_factory, tmp_path):
+    repo = tmp_path / "repo"
+    for name, bundle in (("attnserve-shakespeare", DEFAULT_BUNDLE), ("toy", toy_bundle)):
+        (repo / name).mkdir(parents=True)
+        (repo / name / "1").symlink_to(bundle)
+    server = server_factory(toy_bundle, model_dir="", model_repository=repo)
+    p = Page(browser, server)
+    try:
+        p.page.goto(
+            f"{server.url}/explorer/compare.html?left=attnserve-shakespeare&right=toy&text={quote('we do like')}"
+        )
+        ready = (
+            "(id) => { const d = document.getElementById(id).contentDocument; "
+            "return d && d.body && d.body.dataset.status === 'ready'; }"
+        )
+        for frame in ("frame-left", "frame-right"):
+            p.page.wait_for_function(ready, arg=frame, timeout=30_000)
+        info = {
+            frame: p.page.evaluate(
+                f"() => document.getElementById('{frame}').contentDocument.getElementById('model-info').textContent"
+            )
+            for frame in ("frame-left", "frame-right")
+        }
+        assert info["frame-left"].startswith("attnserve-shakespeare") and info["frame-right"].startswith("toy"), info
+        # Both draw the model view of the same text, each with its own model's layers.
+        for frame, layers in (("frame-left", 4), ("frame-right", 2)):
+            doc = f"document.getElementById('{frame}').contentDocument"
+            assert p.page.evaluate(f"() => {doc}.querySelectorAll('#layer option').length") == layers
+            assert p.page.evaluate(f"() => {doc}.getElementById('text').value") == "we do like"
+        p.page.select_option("#right", "attnserve-shakespeare")
+        p.page.wait_for_function("() => new URLSearchParams(location.search).get('right') === 'attnserve-shakespeare'")
+        assert p.errors == []
+    finally:
+        p.close()
+
+
 def readable(token: str) -> str:
     return token.replace(" ", "·").replace("\n", "↵")

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from service.api.budget import reservation
-from service.api.deps import Registry
+from service.api.deps import Registry, note
 from service.api.kserve.codec import HEADER_LENGTH, InferRequestHeader, V2Error, decompress, parse_request
 from service.api.kserve.serving import MAX_INPUT_RANK, MODELS, Target, V2Serving
 from service.api.plugin import RETRY_AFTER, Protocol, core_problem
@@ -197,7 +197,7 @@ async def infer(m: Model, request: Request) -> Response:
     limit = request.app.state.settings.max_body_bytes
     body = decompress(await request.body(), request.headers.get("content-encoding"), limit)
     parsed = parse_request(body, request.headers.get(HEADER_LENGTH), MAX_INPUT_RANK)
-    content, header_length = await s.infer(m, parsed, reservation(request.scope))
+    content, header_length = await s.infer(m, parsed, reservation(request.scope), note(request))
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

@@ -302,12 +302,14 @@ class V2Serving:
         }
 
     async def infer(
-        self, t: Target, request: InferRequest, held: Reservation | None = None
+        self, t: Target, request: InferRequest, held: Reservation | None = None, log: dict[str, Any] | None = None
     ) -> tuple[bytes, int | None]:
         header = request.header
         m = t.job
         params = self._params(m, header.parameters)
         rows = await self._rows(t.core, request.inputs, params.get("truncate", False))
+        if log is not None:
+            log["rows"] = len(rows)
         wanted, binary, classify = self._outputs(t.core, m, header)
         outputs = [o for o in await m.run(t.core, rows, params, set(wanted), held) if o.name in wanted]
         if classify:

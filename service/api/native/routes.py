@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.api import ops
 from service.api.budget import reservation
-from service.api.deps import lease
+from service.api.deps import lease, note
 from service.api.native import serving
 from service.api.native.errors import error_response, render_error
 from service.api.native.protocol import (
@@ -47,6 +47,7 @@ router = APIRouter(prefix="/v1", tags=["model"], responses=ERRORS, route_class=N
 async def next_token(body: NextTokenRequest, request: Request) -> Response:
     """Top-k next tokens, with probabilities, for each input."""
     core = lease(request, body.model)
+    note(request)["rows"] = body.count
     return Response(await serving.next_token(core, body), media_type="application/json")
 
 
@@ -54,6 +55,7 @@ async def next_token(body: NextTokenRequest, request: Request) -> Response:
 async def attention(body: AttentionRequest, request: Request) -> Response:
     """Softmax attention weights per layer and head, aligned to the input's tokens."""
     core = lease(request, body.model)
+    note(request)["rows"] = body.count
     result = await serving.attention(core, body, reservation(request.scope))
     # A full-context answer is tens of MB of JSON: written in a thread, one map at a time, so that
     # the event loop gets the interpreter between maps (orjson holds it while it writes).
@@ -64,6 +66,7 @@ async def attention(body: AttentionRequest, request: Request) -> Response:
 @router.post("/score", response_model=ScoreResponse)
 async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
     """Log-probability of each token given the ones before it."""
+    note(request)["rows"] = body.count
     return await serving.score(lease(request, body.model), body)
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from service.api.budget import reservation
-from service.api.deps import Registry, lease
+from service.api.deps import Registry, lease, note
 from service.api.openai.errors import error_response, plain_error
 from service.api.openai.protocol import (
     Completion,
@@ -64,7 +64,7 @@ STREAM: dict[int | str, dict[str, Any]] = {
 @router.post("/v1/completions", response_model=Completion, responses=STREAM)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     """Continue each prompt (OpenAI's completions API); `stream: true` answers with server-sent events."""
-    s = OpenAIServing(lease(request, body.model))
+    s = OpenAIServing(lease(request, body.model), note(request))
     rows = await s.prompts(s.core, body)
     if body.stream:
         # Queued before the response starts, so that a full queue is still a 503 and not a broken stream.

@@ -9,8 +9,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
+from opentelemetry import trace
 
 from service.api.budget import ATTENTION_JSON_BYTES, Reservation
 from service.api.openai.errors import error_body
@@ -27,6 +29,8 @@ from service.core.generation import GenerationParams, GenerationStream, Step
 from service.core.inference import InferenceCore, Row
 from service.core.registry import Served
 from service.core.sampling import SamplingParams
+
+TRACER = trace.get_tracer("attnserve")  # a no-op until the server sets up tracing (OTEL_* variables)
 
 
 @dataclass
@@ -76,10 +80,15 @@ def model_card(served: Served) -> ModelCard:
 
 
 class OpenAIServing:
-    """One request's model: made per request from the version its lease holds."""
+    """One request's generation: made per request from the version its lease holds. `log` takes the
+    request's access-line fields (rows, tokens, the first token's time); with tracing on, the
+    generation is a span under the request's, with a child span up to the first token."""
 
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, log: dict[str, Any] | None = None) -> None:
         self.core = core
+        self.log = log if log is not None else {}
+        self._span: Any = None
+        self._started_ns = self._first_ns = 0
 
     async def prompts(self, core: InferenceCore, req: CompletionRequest) -> list[Row]:
         p = req.prompt
@@ -132,7 +141,27 @@ class OpenAIServing:
             )
             for c in choices
         ]
-        return choices, self.core.generate([(c.prompt, p) for c, p in zip(choices, params, strict=True)])
+        streams = self.core.generate([(c.prompt, p) for c, p in zip(choices, params, strict=True)])
+        self.log["rows"] = len(choices)
+        self._started_ns = time.time_ns()
+        self._span = TRACER.start_span(
+            "generate", attributes={"attnserve.model": self.core.name, "attnserve.sequences": len(choices)}
+        )
+        return choices, streams
+
+    def _finish(self, choices: list[ChoiceState]) -> None:
+        """The generation's access-line fields and spans, once its streams have ended."""
+        tokens = sum(len(c.token_ids) for c in choices)
+        self.log["tokens"] = tokens
+        span, self._span = self._span, None
+        if span is None:
+            return
+        if self._first_ns and span.is_recording():
+            parent = trace.set_span_in_context(span)
+            prefill = TRACER.start_span("prefill", parent, start_time=self._started_ns)
+            prefill.end(end_time=self._first_ns)  # up to the first token: the prompt's prefill and its wait
+        span.set_attribute("attnserve.generated_tokens", tokens)
+        span.end()
 
     # -- logprobs ----------------------------------------------------------------------------------
 
@@ -200,8 +229,10 @@ class OpenAIServing:
 
     # -- answers -----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _record(c: ChoiceState, step: Step) -> None:
+    def _record(self, c: ChoiceState, step: Step) -> None:
+        if not self._first_ns:
+            self._first_ns = time.time_ns()
+            self.log["first_token"] = time.perf_counter()
         c.text += step.text
         c.token_ids.append(step.token_id)
         c.logprobs.append(step.logprob)
@@ -222,6 +253,7 @@ class OpenAIServing:
         finally:
             for s in streams:
                 s.cancel()
+            self._finish(choices)
         out = []
         for c in choices:
             prompt_text = self.core.decode(c.prompt.ids.tolist()) if req.echo else ""
@@ -345,6 +377,7 @@ class OpenAIServing:
                 t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*tasks, return_exceptions=True)
+            self._finish(choices)
 
 
 def _completion_id() -> str:
