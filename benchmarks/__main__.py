@@ -33,6 +33,7 @@ from loadtest.serving import (
     plot_serving,
     serving_bench,
     toy_http_bench,
+    tracing_bench,
 )
 
 log = logging.getLogger("bench")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last results.json")
     p.add_argument(
         "--only",
-        choices=["generation", "payload", "kserve", "explorer", "int8", "toy"],
+        choices=["generation", "payload", "kserve", "explorer", "int8", "toy", "tracing"],
         help="re-run one section (kserve: the service and Triton on the same v2 requests) and rewrite the report",
     )
     p.add_argument(
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["payload"] = payload_bench(args.bundle, Path(tmp))
             elif args.only == "toy":
                 results["toy_http"] = toy_http_bench(args.seconds, Path(tmp))
+            elif args.only == "tracing":
+                results["tracing"] = tracing_bench(args.seconds, Path(tmp))
             elif args.only == "int8":
                 results["int8"] = int8_bench(args.bundle, Path(tmp), args.corpus)
             elif args.only == "explorer":
@@ -83,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         (args.docs / "results.json").write_text(json.dumps(results, indent=2))
         write_reports(results, args, notes)
         return 0
-    notes_file = Path(__file__).with_name("notes.md")
-    notes = notes_file.read_text() if notes_file.exists() else ""
     if args.report_only:
         results = json.loads((args.docs / "results.json").read_text())
         plot_engine(results["engine"], args.docs / "engine.png")
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         results["serving"] = serving_bench(args.bundle, args.seconds, work)
         results["kserve"] = kserve_bench(args.bundle, args.seconds, work)
         results["toy_http"] = toy_http_bench(args.seconds, work)
+        results["tracing"] = tracing_bench(args.seconds, work)
         results["generation"] = generation_bench(args.bundle)
         results["payload"] = payload_bench(args.bundle, work)
         results["explorer"] = explorer_bench(args.bundle, work)

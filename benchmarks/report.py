@@ -19,6 +19,7 @@ from benchmarks.report_http import (
     more_target_rows,
     payload_report,
     toy_report,
+    tracing_report,
     triton_rows,
 )
 from benchmarks.timing import verdict
@@ -125,6 +126,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         "",
         *kserve_report(results),
         *toy_report(results, docs),
+        *tracing_report(results),
         *generation_report(results),
         *payload_report(results),
         *explorer_report(results),

@@ -7,7 +7,35 @@ from pathlib import Path
 
 from benchmarks.timing import verdict
 from loadtest.harness import by_concurrency
+from loadtest.serving import TRACING_VARIANTS
 from loadtest.triton import TRITON
+
+
+def tracing_report(results: dict) -> list[str]:
+    tracing = results.get("tracing")
+    if not tracing:
+        return []
+    off, on, quiet = (tracing["servers"][f"service, {v}"] for v in TRACING_VARIANTS)
+    top = max(p["concurrency"] for p in off)
+    cost = 1 - on[-1]["rps"] / off[-1]["rps"]
+    out = [
+        "## What observability costs",
+        "",
+        "The toy model's next-token path (where the request path is nearly all the cost), from the same wrk: "
+        "tracing off (the default: no `OTEL_*` endpoint), tracing on (every request's spans, its queue wait and "
+        "its batch's inference span exported over OTLP/HTTP to a sink on loopback that answers at once), and the "
+        f"access log off. Target: tracing on costs at most 10% of the requests/s at {top} clients: "
+        f"{cost:.1%}, {verdict(cost <= 0.10)}.",
+        "",
+        "| clients | tracing off req/s | on req/s | on / off | access log off req/s | off p99 ms | on p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a, b, c in zip(off, on, quiet, strict=True):
+        out.append(
+            f"| {a['concurrency']} | {a['rps']:.0f} | {b['rps']:.0f} | {b['rps'] / a['rps']:.0%} | {c['rps']:.0f} | "
+            f"{a['p99_ms']:.1f} | {b['p99_ms']:.1f} |"
+        )
+    return [*out, ""]
 
 
 def toy_report(results: dict, docs: Path) -> list[str]:
@@ -18,9 +46,10 @@ def toy_report(results: dict, docs: Path) -> list[str]:
     out = [
         "## The HTTP-bound regime: a model that costs almost nothing",
         "",
-        "The tests' toy model (2 layers, width 32, context 24) makes inference nearly free, as a GPU does for the "
-        "real one, so the request path is all that is left. The service on it against the bare FastAPI endpoint "
-        f"that returns the service's own {toy['body_bytes']}-byte answer, on the same request, from the same wrk.",
+        "The lectures' toy model (`bundles/toy/1`: 2 layers, width 32, context 24) makes inference nearly free, "
+        "as a GPU does for the real one, so the request path is all that is left. The service on it against the "
+        f"bare FastAPI endpoint that returns the service's own {toy['body_bytes']}-byte answer, on the same "
+        "request, from the same wrk.",
         "",
         "| clients | service req/s | bare FastAPI req/s | ratio | service p99 ms | bare p99 ms | loop µs/request |",
         "|---|---|---|---|---|---|---|",

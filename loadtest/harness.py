@@ -128,8 +128,9 @@ def batch_totals(metrics: str, endpoint: str = "next_token") -> tuple[float, flo
     """(rows, batches) so far, from the service's batch-size histogram."""
     values = []
     for name in ("sum", "count"):
-        m = re.search(rf'attnserve_batch_size_{name}{{endpoint="{endpoint}"}} ([0-9.e+]+)', metrics)
-        values.append(float(m.group(1)) if m else 0.0)
+        # Summed over every model version (its labels: model, version, endpoint).
+        found = re.findall(rf'attnserve_batch_size_{name}{{[^}}]*endpoint="{endpoint}"[^}}]*}} ([0-9.e+]+)', metrics)
+        values.append(sum(float(v) for v in found))
     return values[0], values[1]
 
 

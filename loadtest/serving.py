@@ -22,6 +22,7 @@ from loadtest.harness import (
     Server,
     Servers,
     drive,
+    free_port,
     run_wrk,
     service_answer,
     service_env,
@@ -113,6 +114,42 @@ def toy_http_bench(seconds: float, work: Path) -> dict:
         ),
     }
     return {"servers": drive(servers, seconds, work), "body_bytes": len(body)}
+
+
+TRACING_VARIANTS = ("tracing off", "tracing on", "tracing off, no access log")
+
+
+def tracing_bench(seconds: float, work: Path) -> dict:
+    """What observability costs where it shows most, on the toy model's next-token path: tracing off
+    (the default), tracing on (every span exported over OTLP/HTTP to a sink on loopback that answers
+    at once), and the access log off."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    sink = ThreadingHTTPServer(("127.0.0.1", free_port()), Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    env = service_env(ROOT / "bundles" / "toy" / "1")
+    script = wrk_script(work, "/v1/next-token", request_bodies("next-token", ["I do not like"]), "tracing")
+    otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}"}
+    variants = (env, {**env, **otlp}, {**env, "ACCESS_LOG": "false"})
+    servers: Servers = {
+        f"service, {name}": ([sys.executable, "-m", "service"], e, "/readyz", script)
+        for name, e in zip(TRACING_VARIANTS, variants, strict=True)
+    }
+    try:
+        return {"servers": drive(servers, seconds, work)}
+    finally:
+        sink.shutdown()
 
 
 def payload_bench(bundle_dir: Path, work: Path, reps: int = 5) -> dict:

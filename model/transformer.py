@@ -58,8 +58,12 @@ class CausalSelfAttention(nn.Module):
         need_weights: bool,
         query_index: torch.Tensor | None = None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        head_mask: torch.Tensor | None = None,
     ) -> Attended:
         """x: (B, T, C); allowed: (B, 1, Tq, P + T) bool, True where query may attend to key.
+
+        head_mask (B, nh) scales each head's output (its attention-weighted sum of values) before
+        W_O: 0 ablates the head, 1 leaves it. Its own attention weights do not change.
 
         allowed=None means plain causal attention over a batch with no padding. query_index (B,)
         asks for one query per row, at that position (Tq = 1): keys and values still come from
@@ -94,6 +98,8 @@ class CausalSelfAttention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
                 is_causal=allowed is None,
             )
+        if head_mask is not None:
+            y = y * head_mask[:, :, None, None]  # (B, nh, Tq, hs)
         y = y.transpose(1, 2).contiguous().view(B, Tq, C)  # (B, Tq, C): heads side by side
         return Attended(self.resid_dropout(self.w_o(y)), weights, k_own, v_own)
 
@@ -126,8 +132,9 @@ class Block(nn.Module):
         need_weights: bool,
         query_index: torch.Tensor | None = None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        head_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Attended]:
-        attended = self.attn(self.ln_attn(x), allowed, need_weights, query_index, past)
+        attended = self.attn(self.ln_attn(x), allowed, need_weights, query_index, past, head_mask)
         if query_index is not None:
             x = x.gather(1, query_index.view(-1, 1, 1).expand(-1, 1, x.size(-1)))  # (B, 1, C)
         x = x + attended.out
@@ -165,12 +172,26 @@ class AttentionLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        head_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """input_ids, attention_mask: (B, T), right padded; mask 1 for real tokens.
+        """input_ids, attention_mask: (B, T), right padded; mask 1 for real tokens; head_mask
+        (B, L, nh): 0 ablates a head (see CausalSelfAttention).
 
         Returns the final normalised hidden states (B, T, C) and, if asked, one (B, nh, T, T)
         attention tensor per layer.
         """
+        stream, weights = self.residual_stream(input_ids, attention_mask, need_weights, head_mask)
+        return self.ln_f(stream[-1]), weights
+
+    def residual_stream(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+        head_mask: torch.Tensor | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The residual stream (B, T, C) after the embeddings and after each block: L + 1 tensors,
+        before the final LayerNorm (the logit lens reads each through it), and the weights if asked."""
         B, T = input_ids.shape
         x = self.tok_emb(input_ids) * self.emb_scale + self.pos_enc[:T]  # (B, T, C)
         x = self.emb_dropout(x)
@@ -179,22 +200,30 @@ class AttentionLM(nn.Module):
             causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()  # (T, T)
             allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, T, T)
         weights = []
-        for block in self.blocks:
-            x, attended = block(x, allowed, need_weights)
+        stream = [x]
+        for i, block in enumerate(self.blocks):
+            x, attended = block(x, allowed, need_weights, head_mask=None if head_mask is None else head_mask[:, i])
+            stream.append(x)
             if attended.weights is not None:
                 weights.append(attended.weights)
-        return self.ln_f(x), weights
+        return stream, weights
 
-    def last_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def last_hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The final hidden state at each row's last real token, (B, C).
 
         Same result as hidden_states()[b, last[b]], for less work: the last block needs every
         position's keys and values but only the last position's query, attention output and MLP.
         """
-        return self.prefill(input_ids, attention_mask, need_weights=False)[0]
+        return self.prefill(input_ids, attention_mask, need_weights=False, head_mask=head_mask)[0]
 
     def prefill(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, need_weights: bool = True
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        need_weights: bool = True,
+        head_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Start generation from a right-padded prompt batch (B, T).
 
@@ -211,7 +240,13 @@ class AttentionLM(nn.Module):
         for i, block in enumerate(self.blocks):
             final = i == len(self.blocks) - 1
             allowed = key_ok if final else causal[None, None] & key_ok
-            x, attended = block(x, allowed, need_weights, query_index=last if final else None)
+            x, attended = block(
+                x,
+                allowed,
+                need_weights,
+                query_index=last if final else None,
+                head_mask=None if head_mask is None else head_mask[:, i],
+            )
             keys.append(attended.k)
             values.append(attended.v)
             if attended.weights is not None:

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
+# ONNX Runtime writes its own warnings straight to stderr, outside Python's logging (and so outside
+# LOG_FORMAT=json): only its errors are kept. (Its telemetry is off: see service/__init__.py.)
+ort.set_default_logger_severity(3)
+
 
 def gpu_present() -> bool:
     """True when the CUDA driver loads and sees at least one device.

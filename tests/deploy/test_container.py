@@ -104,8 +104,16 @@ def test_image_serves_runs_as_non_root_without_torch_and_drains_on_sigterm(env):
         t.join(30)
     assert statuses == [200] * 6
     pm.podman(env, "wait", name, timeout=60)
-    logs = pm.podman(env, "logs", name).stderr + pm.podman(env, "logs", name).stdout
-    assert "service.server.app: stopped" in logs and "Traceback" not in logs
+    out = pm.podman(env, "logs", name)
+    # The image logs JSON, one object per line, from every logger.
+    lines = [line for stream in (out.stderr, out.stdout) for line in stream.splitlines() if line.strip()]
+    not_json = [line for line in lines if not line.startswith("{")]
+    assert not not_json, not_json[:5]
+    records = [json.loads(line) for line in lines]
+    assert {"logger": "service.server.app", "message": "stopped"}.items() <= next(
+        r for r in records if r["message"] == "stopped"
+    ).items()
+    assert not any("exception" in r or "Traceback" in r["message"] for r in records)
 
 
 def compose(
