@@ -4,13 +4,18 @@ Axis names that appear in DYNAMIC vary per call; the others are fixed by the mod
 (vocab, layers, heads, d_head) or are literal sizes. Batches are right padded; attention_mask and
 past_mask are 1 for real tokens and 0 for padding.
 
-One-shot graphs (one call answers a request):
+One-shot graphs (one call answers a request), each also taking head_mask [batch, layers, heads]:
+1 keeps a head, 0 ablates it (its attention-weighted sum of values is zeroed before W_O):
     next_token   input_ids, attention_mask [batch, seq] -> next_token_logprobs [batch, vocab]
                  log-probabilities after each row's last real token
     attention    -> attention_weights [batch, layers, heads, seq, seq]
                  softmax weights, zero above the diagonal and on padded keys
     score        -> token_logprobs [batch, seq-1]: log p(token t+1 | tokens <= t), plus the
                  TOP_LOGPROBS most likely tokens at each position (top_logprobs, top_token_ids)
+    logit_lens   -> lens_top_logprobs, lens_top_ids [batch, layers+1, seq, LENS_TOP]: the residual
+                 stream after the embeddings (0) and after each block, through the final LayerNorm
+                 and the tied unembedding, as log-probabilities; the LENS_TOP most likely tokens at
+                 every layer and position (the last layer's is the model's own next-token answer)
 Generation graphs (a KV cache carried between calls):
     prefill      input_ids, attention_mask [batch, seq] -> next_token_logprobs [batch, vocab],
                  keys, values [batch, layers, heads, seq, d_head] (every prompt position),
@@ -32,6 +37,8 @@ BATCH, SEQ, SEQ_MINUS_1, PAST, PAST_PLUS_1 = "batch", "seq", "seq_minus_1", "pas
 DYNAMIC = frozenset({BATCH, SEQ, SEQ_MINUS_1, PAST, PAST_PLUS_1})
 # How many alternatives the score graph returns per position (OpenAI's echo with logprobs).
 TOP_LOGPROBS = 20
+# How many tokens the logit lens returns per layer and position (its top_k's ceiling).
+LENS_TOP = 20
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,8 @@ def _f32(name: str, *axes: str | int) -> TensorSpec:
 
 
 PROMPT_INPUTS = (_i64("input_ids", BATCH, SEQ), _i64("attention_mask", BATCH, SEQ))
+HEAD_MASK = "head_mask"
+ABLATABLE = (*PROMPT_INPUTS, _f32(HEAD_MASK, BATCH, "layers", "heads"))
 CACHE_AXES = (BATCH, "layers", "heads", SEQ, "d_head")
 
 GRAPHS: dict[str, GraphSpec] = {
@@ -86,21 +95,21 @@ GRAPHS: dict[str, GraphSpec] = {
     for g in (
         GraphSpec(
             "next_token",
-            PROMPT_INPUTS,
+            ABLATABLE,
             (_f32("next_token_logprobs", BATCH, "vocab"),),
             tolerance=1e-4,
             take_row=lambda out, i, n: out[0][i],  # (V,)
         ),
         GraphSpec(
             "attention",
-            PROMPT_INPUTS,
+            ABLATABLE,
             (_f32("attention_weights", BATCH, "layers", "heads", SEQ, SEQ),),
             tolerance=1e-5,
             take_row=lambda out, i, n: out[0][i, :, :, :n, :n],  # (L, nh, n, n)
         ),
         GraphSpec(
             "score",
-            PROMPT_INPUTS,
+            ABLATABLE,
             (
                 _f32("token_logprobs", BATCH, SEQ_MINUS_1),
                 _f32("top_logprobs", BATCH, SEQ_MINUS_1, TOP_LOGPROBS),
@@ -109,6 +118,16 @@ GRAPHS: dict[str, GraphSpec] = {
             tolerance=1e-4,
             take_row=lambda out, i, n: tuple(o[i, : n - 1] for o in out),  # (n-1,), (n-1, K), (n-1, K)
             min_length=2,
+        ),
+        GraphSpec(
+            "logit_lens",
+            ABLATABLE,
+            (
+                _f32("lens_top_logprobs", BATCH, "layers_plus_1", SEQ, LENS_TOP),
+                _i64("lens_top_ids", BATCH, "layers_plus_1", SEQ, LENS_TOP),
+            ),
+            tolerance=1e-4,
+            take_row=lambda out, i, n: (out[0][i, :, :n], out[1][i, :, :n]),  # (L+1, n, K) each
         ),
         GraphSpec(
             "prefill",

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # 2: prefill and decode graphs (KV cache), top-k alternatives from score, a typed manifest.
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3  # 3: head_mask inputs and the logit_lens graph
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.bin"
 TOKENIZER_FILE = "tokenizer.json"

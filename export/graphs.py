@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bundlespec import GRAPHS
-from bundlespec.graphs import TOP_LOGPROBS
+from bundlespec.graphs import LENS_TOP, TOP_LOGPROBS
 from model.transformer import AttentionLM
 
 
@@ -29,28 +29,49 @@ class PromptGraph(nn.Module):
         return ids, mask
 
 
-class NextTokenGraph(PromptGraph):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h_last = self.model.last_hidden(input_ids, attention_mask)  # (B, C)
+class AblatableGraph(PromptGraph):
+    """A prompt graph that also takes head_mask (B, L, nh): ablated and plain rows share a batch."""
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        cfg = self.model.cfg
+        head_mask = torch.ones(2, cfg.n_layer, cfg.n_head)
+        head_mask[1, 0, 0] = 0.0  # the second row ablates a head, so the mask is traced as data
+        return (*super().example_inputs(), head_mask)
+
+
+class NextTokenGraph(AblatableGraph):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head_mask: torch.Tensor) -> torch.Tensor:
+        h_last = self.model.last_hidden(input_ids, attention_mask, head_mask)  # (B, C)
         return torch.log_softmax(self.model.logits(h_last), dim=-1)  # (B, V)
 
 
-class AttentionGraph(PromptGraph):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        _, weights = self.model.hidden_states(input_ids, attention_mask, need_weights=True)
+class AttentionGraph(AblatableGraph):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head_mask: torch.Tensor) -> torch.Tensor:
+        _, weights = self.model.hidden_states(input_ids, attention_mask, need_weights=True, head_mask=head_mask)
         return torch.stack(weights, dim=1)  # (B, L, nh, T, T)
 
 
-class ScoreGraph(PromptGraph):
+class ScoreGraph(AblatableGraph):
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        hidden, _ = self.model.hidden_states(input_ids, attention_mask)  # (B, T, C)
+        hidden, _ = self.model.hidden_states(input_ids, attention_mask, head_mask=head_mask)  # (B, T, C)
         logprobs = torch.log_softmax(self.model.logits(hidden[:, :-1]), dim=-1)  # (B, T-1, V)
         targets = input_ids[:, 1:].unsqueeze(-1)  # (B, T-1, 1)
         k = min(TOP_LOGPROBS, self.model.cfg.vocab_size)
         top, top_ids = logprobs.topk(k, dim=-1)  # (B, T-1, K) each, most likely first
         return logprobs.gather(-1, targets).squeeze(-1), top, top_ids  # (B, T-1), (B, T-1, K), (B, T-1, K)
+
+
+class LogitLensGraph(AblatableGraph):
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        stream, _ = self.model.residual_stream(input_ids, attention_mask, head_mask=head_mask)  # L+1 x (B, T, C)
+        x = torch.stack(stream, dim=1)  # (B, L+1, T, C)
+        logprobs = torch.log_softmax(self.model.logits(self.model.ln_f(x)), dim=-1)  # (B, L+1, T, V)
+        k = min(LENS_TOP, self.model.cfg.vocab_size)
+        return logprobs.topk(k, dim=-1)  # (B, L+1, T, K) log-probs and ids, most likely first
 
 
 class PrefillGraph(PromptGraph):
@@ -76,6 +97,7 @@ WRAPPERS: dict[str, type[PromptGraph]] = {
     "next_token": NextTokenGraph,
     "attention": AttentionGraph,
     "score": ScoreGraph,
+    "logit_lens": LogitLensGraph,
     "prefill": PrefillGraph,
     "decode": DecodeGraph,
 }

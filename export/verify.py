@@ -29,6 +29,19 @@ def random_batch(rng: np.random.Generator, vocab: int, context: int) -> tuple[np
     return *pad([rng.integers(0, vocab, n) for n in lengths]), lengths
 
 
+def random_head_mask(rng: np.random.Generator, batch: int, n_layer: int, n_head: int) -> np.ndarray:
+    """(batch, L, nh) of ones, with a few heads of some rows ablated (0): ablated and plain rows together."""
+    mask = np.ones((batch, n_layer, n_head), dtype=np.float32)
+    for row in range(batch):
+        if rng.random() < 0.5:
+            mask[row].flat[rng.choice(n_layer * n_head, size=int(rng.integers(1, 3)), replace=False)] = 0.0
+    return mask
+
+
+def ones_mask(model: AttentionLM, batch: int) -> np.ndarray:
+    return np.ones((batch, model.cfg.n_layer, model.cfg.n_head), dtype=np.float32)
+
+
 def _session(bundle_dir: Path, name: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(bundle_dir / GRAPHS[name].file), providers=["CPUExecutionProvider"])
 
@@ -60,19 +73,21 @@ def verify_one_shot(model: AttentionLM, bundle_dir: Path, trials: int, rng: np.r
             ids, mask, lengths = random_batch(rng, cfg.vocab_size, cfg.context_length)
             if ids.shape[1] < spec.min_length:
                 continue
-            got = session.run(None, {"input_ids": ids, "attention_mask": mask})
-            want = _torch(model, name, ids, mask)
+            heads = random_head_mask(rng, len(lengths), cfg.n_layer, cfg.n_head)
+            got = session.run(None, {"input_ids": ids, "attention_mask": mask, "head_mask": heads})
+            want = _torch(model, name, ids, mask, heads)
             for row, n in enumerate(lengths):
                 if n < spec.min_length:
                     continue
                 g, w = spec.take_row(got, row, n), spec.take_row(want, row, n)
                 g, w = (g, w) if isinstance(g, tuple) else ((g,), (w,))
                 # The same text alone, without padding, must give the same answer.
-                alone = spec.take_row(
-                    session.run(None, {"input_ids": ids[row : row + 1, :n], "attention_mask": mask[row : row + 1, :n]}),
-                    0,
-                    n,
-                )
+                feed = {
+                    "input_ids": ids[row : row + 1, :n],
+                    "attention_mask": mask[row : row + 1, :n],
+                    "head_mask": heads[row : row + 1],
+                }
+                alone = spec.take_row(session.run(None, feed), 0, n)
                 alone = alone if isinstance(alone, tuple) else (alone,)
                 for gi, wi, ai in zip(g, w, alone, strict=True):
                     worst[name] = max(
@@ -102,7 +117,8 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
     def compare(got: np.ndarray, seqs: list[list[int]], step: int) -> list[int]:
         """Check ORT's next-token log-probs (B, V) against PyTorch's; returns the greedy tokens."""
         nonlocal worst
-        (want,) = _torch(model, "next_token", *pad([np.asarray(s) for s in seqs]))
+        ids, mask = pad([np.asarray(s) for s in seqs])
+        (want,) = _torch(model, "next_token", ids, mask, ones_mask(model, len(seqs)))
         worst = max(worst, _check("decode", got, want, tol, f"step {step} log-probs vs recomputation"))
         chosen = got.argmax(-1)
         for i, t in enumerate(chosen):

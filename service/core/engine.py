@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bundlespec import GRAPHS
+from bundlespec.graphs import HEAD_MASK
 from bundlespec.padding import group_by_length, pad
 from service.core.bundle import Bundle
 from service.core.errors import BundleError, DeviceError
@@ -66,6 +67,14 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     return opts
 
 
+@dataclass(frozen=True)
+class Job:
+    """One row of a one-shot graph: its token ids, and which heads it ablates."""
+
+    ids: np.ndarray  # (n,) int64
+    head_mask: np.ndarray | None = None  # (L, nh) float32, 0 where a head is ablated; None: every head
+
+
 @dataclass
 class Prefilled:
     """One prompt's share of a prefill call."""
@@ -116,8 +125,9 @@ class Engine:
         why = " (no usable GPU found)" if device == "auto" and self.provider == CPU else ""
         log.info("model %s v%s loaded on %s%s", bundle.name, bundle.version, self.provider, why)
 
-    def run(self, name: str, rows: Sequence[np.ndarray]) -> list:
-        """Run a one-shot graph. rows: 1-D int64 token ids, each 1..context_length long.
+    def run(self, name: str, rows: Sequence[Job | np.ndarray]) -> list:
+        """Run a one-shot graph. rows: Jobs (or bare 1-D int64 token ids), each 1..context_length long;
+        rows with and without ablated heads share a call (the graphs take a head mask per row).
 
         Returns each row's share of the outputs, in order (bundlespec's take_row): next_token (V,)
         log-probs; attention (L, nh, n, n) weights; score ((n-1,) log-probs, (n-1, K) top log-probs,
@@ -127,21 +137,30 @@ class Engine:
         spec = GRAPHS[name]
         take_row = spec.take_row
         assert take_row is not None, f"{name} is not a one-shot graph"
-        results: list = [None] * len(rows)
-        for group in group_by_length([len(r) for r in rows], self.max_padding):
+        jobs = [r if isinstance(r, Job) else Job(r) for r in rows]
+        results: list = [None] * len(jobs)
+        for group in group_by_length([len(j.ids) for j in jobs], self.max_padding):
             # Padding up to min_length lets a too-short row through: take_row cuts its share to empty.
-            outputs = self._run_padded(name, [rows[i] for i in group], spec.min_length)
+            outputs = self._run_padded(name, [jobs[i] for i in group], spec.min_length)
             for j, i in enumerate(group):
-                results[i] = take_row(outputs, j, len(rows[i]))
+                results[i] = take_row(outputs, j, len(jobs[i].ids))
         return results
 
-    def _run_padded(self, name: str, rows: Sequence[np.ndarray], min_length: int = 1) -> list[np.ndarray]:
-        ids, mask = pad(rows, min_length)
-        return self.sessions[name].run(None, {"input_ids": ids, "attention_mask": mask})
+    def _run_padded(self, name: str, jobs: Sequence[Job], min_length: int = 1) -> list[np.ndarray]:
+        ids, mask = pad([j.ids for j in jobs], min_length)
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if HEAD_MASK in GRAPHS[name].input_names:
+            arch = self.bundle.arch
+            heads = np.ones((len(jobs), arch.n_layer, arch.n_head), dtype=np.float32)  # (B, L, nh)
+            for row, job in enumerate(jobs):
+                if job.head_mask is not None:
+                    heads[row] = job.head_mask
+            feed[HEAD_MASK] = heads
+        return self.sessions[name].run(None, feed)
 
     def prefill(self, rows: Sequence[np.ndarray]) -> list[Prefilled]:
         """Run prompts through the prefill graph; each row's cache is cut to its real length."""
-        logprobs, keys, values, attention = self._run_padded("prefill", rows)
+        logprobs, keys, values, attention = self._run_padded("prefill", [Job(r) for r in rows])
         return [
             Prefilled(logprobs[i], keys[i, :, :, :n], values[i, :, :, :n], attention[i, :, :, :n])
             for i, n in enumerate(len(r) for r in rows)

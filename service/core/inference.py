@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bundlespec import ONE_SHOT
+from bundlespec.graphs import LENS_TOP
 from service.core.batcher import DynamicBatcher
 from service.core.bundle import Bundle
 from service.core.config import CoreConfig, ModelObservers
-from service.core.engine import Engine
+from service.core.engine import Engine, Job
 from service.core.errors import InferenceTimeoutError, InputError, QueueFullError
 from service.core.generation import GenerationParams, GenerationStream, Scheduler
 from service.core.sampling import log_softmax, top_indices
@@ -93,7 +94,7 @@ class InferenceCore:
                 name=name,
                 observer=observers.batches(name),
                 # The attention graph computes every map of every row: its batches are bounded by that work.
-                cost=(lambda ids: maps * len(ids) ** 2) if name == "attention" else None,
+                cost=(lambda job: maps * len(job.ids) ** 2) if name == "attention" else None,
                 max_batch_cost=config.max_attention_compute if name == "attention" else None,
             )
             for name in ONE_SHOT
@@ -122,7 +123,7 @@ class InferenceCore:
         """Run every graph once at full context so the first request pays no allocation cost."""
         longest = np.arange(self.bundle.context_length, dtype=np.int64) % self.bundle.vocab_size
         for name in ONE_SHOT:
-            self.engine.run(name, [longest, longest[:3]])
+            self.engine.run(name, [Job(longest), Job(longest[:3])])
         self.engine.prefill([longest[:-1], longest[:3]])
         arch = self.bundle.arch
         cache = np.zeros((2, arch.n_layer, arch.n_head, len(longest) - 1, arch.d_head), dtype=np.float32)
@@ -204,28 +205,54 @@ class InferenceCore:
             out.append(Row(np.asarray(ids[-context:], dtype=np.int64), truncated=len(ids) > context))
         return out
 
-    async def _run(self, name: str, rows: list[Row]) -> list[Any]:
+    async def _run(self, name: str, rows: list[Row], head_mask: np.ndarray | None = None) -> list[Any]:
+        return await self._submit(name, [Job(r.ids, head_mask) for r in rows])
+
+    async def _submit(self, name: str, jobs: list[Job]) -> list[Any]:
         try:
             async with asyncio.timeout(self.config.request_timeout_s):
-                return await self.batchers[name].submit([r.ids for r in rows])
+                return await self.batchers[name].submit(jobs)
         except TimeoutError as e:
             raise InferenceTimeoutError(f"no answer within REQUEST_TIMEOUT_S={self.config.request_timeout_s:g}s") from e
         except QueueFullError:
-            self.observers.rejected(name, len(rows))
+            self.observers.rejected(name, len(jobs))
             raise
 
     # -- the jobs --------------------------------------------------------------------------------
 
-    async def next_token_logprobs(self, rows: list[Row], temperature: float = 1.0) -> list[np.ndarray]:
+    def head_mask(self, ablate: Sequence[Sequence[int]] | None, what: str = "ablate") -> np.ndarray | None:
+        """(L, nh) float32 with 0 at each [layer, head] to ablate; None when none is (every head on)."""
+        if not ablate:
+            return None
+        arch = self.bundle.arch
+        mask = np.ones((arch.n_layer, arch.n_head), dtype=np.float32)
+        for i, pair in enumerate(ablate):
+            if len(pair) != 2:
+                raise InputError(f"{what}[{i}] must be [layer, head], not {list(pair)}")
+            layer, head = pair
+            if not 0 <= layer < arch.n_layer:
+                raise InputError(f"{what}[{i}]: layer {layer} does not exist; the model has {arch.n_layer} layers "
+                                 f"(0..{arch.n_layer - 1})")  # fmt: skip
+            if not 0 <= head < arch.n_head:
+                raise InputError(f"{what}[{i}]: head {head} does not exist; the model has {arch.n_head} heads "
+                                 f"(0..{arch.n_head - 1})")  # fmt: skip
+            mask[layer, head] = 0.0
+        return mask
+
+    async def next_token_logprobs(
+        self, rows: list[Row], temperature: float = 1.0, head_mask: np.ndarray | None = None
+    ) -> list[np.ndarray]:
         """Each row's next-token log-probabilities over the whole vocabulary, (vocab,) float64."""
-        outputs = await self._run("next_token", rows)
+        outputs = await self._run("next_token", rows, head_mask)
         return [log_softmax(logprobs, temperature) for logprobs in outputs]
 
-    async def next_token(self, rows: list[Row], top_k: int, temperature: float = 1.0) -> list[NextTokens]:
+    async def next_token(
+        self, rows: list[Row], top_k: int, temperature: float = 1.0, head_mask: np.ndarray | None = None
+    ) -> list[NextTokens]:
         if top_k > self.bundle.vocab_size:
             raise InputError(f"top_k={top_k} is larger than the vocabulary ({self.bundle.vocab_size})")
         results = []
-        for row, lp in zip(rows, await self.next_token_logprobs(rows, temperature), strict=True):
+        for row, lp in zip(rows, await self.next_token_logprobs(rows, temperature, head_mask), strict=True):
             top = top_indices(lp, top_k)
             results.append(NextTokens(row, top, lp[top]))
         return results
@@ -240,6 +267,7 @@ class InferenceCore:
         layers: list[int] | None = None,
         heads: list[int] | None = None,
         reserve: Callable[[int], None] | None = None,
+        head_mask: np.ndarray | None = None,
     ) -> list[AttentionMaps]:
         """`reserve` is called with the number of weights returned before any work is done (the
         protocol takes the answer's bytes from the in-flight budget there, or raises)."""
@@ -261,15 +289,52 @@ class InferenceCore:
             )
         if reserve is not None:
             reserve(values)
-        outputs = await self._run("attention", rows)
+        outputs = await self._run("attention", rows, head_mask)
         return [
             AttentionMaps(row, layers, heads, np.ascontiguousarray(w[np.ix_(layers, heads)], dtype=np.float32))
             for row, w in zip(rows, outputs, strict=True)
         ]
 
-    async def score(self, rows: list[Row]) -> list[TokenScores]:
-        outputs = await self._run("score", rows)
+    async def score(self, rows: list[Row], head_mask: np.ndarray | None = None) -> list[TokenScores]:
+        outputs = await self._run("score", rows, head_mask)
         return [TokenScores(row, *out) for row, out in zip(rows, outputs, strict=True)]
+
+    async def logit_lens(
+        self, rows: list[Row], top_k: int, head_mask: np.ndarray | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each row's (L+1, n, top_k) log-probs and token ids: the residual stream after the
+        embeddings and after every block, read through the final LayerNorm and the unembedding."""
+        if not 1 <= top_k <= LENS_TOP:
+            raise InputError(f"top_k must be from 1 to {LENS_TOP} for the logit lens, not {top_k}")
+        outputs = await self._run("logit_lens", rows, head_mask)
+        return [(lp[:, :, :top_k], ids[:, :, :top_k]) for lp, ids in outputs]
+
+    async def head_importance(self, rows: list[Row]) -> list[np.ndarray]:
+        """Each row's (L, nh) importance: the mean over positions of log p(next token) with that one
+        head ablated, minus the same with every head on. The L x nh ablated copies and the plain one
+        run as rows of the score batcher, so they share batches (with each other and other requests)."""
+        arch = self.bundle.arch
+        L, nh = arch.n_layer, arch.n_head
+        copies = L * nh + 1
+        if len(rows) * copies > self.config.max_queue_rows:
+            raise InputError(
+                f"{len(rows)} inputs need {len(rows) * copies} score rows ({copies} each: every head ablated in "
+                f"turn, and none), more than MAX_QUEUE_ROWS={self.config.max_queue_rows} can ever hold"
+            )
+        if any(len(r.ids) < 2 for r in rows):
+            raise InputError("every input needs at least two tokens: importance is measured on predicting the next")
+        masks: list[np.ndarray | None] = [None]
+        for layer in range(L):
+            for head in range(nh):
+                m = np.ones((L, nh), dtype=np.float32)
+                m[layer, head] = 0.0
+                masks.append(m)
+        outputs = await self._submit("score", [Job(r.ids, m) for r in rows for m in masks])
+        out = []
+        for i in range(len(rows)):
+            means = np.array([float(o[0].mean()) for o in outputs[i * copies : (i + 1) * copies]])  # (copies,)
+            out.append((means[1:] - means[0]).reshape(L, nh))
+        return out
 
     def generate(self, requests: Sequence[tuple[Row, GenerationParams]]) -> list[GenerationStream]:
         """Start generating for each (prompt, params); the caller reads and finally cancels each stream."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bundlespec.graphs import LENS_TOP
 from service import __version__
 from service.api.budget import Reservation
 from service.api.deps import LEASES_KEY, lease
@@ -72,7 +73,24 @@ INPUTS_BY_NAME = {t.name: t for t in INPUTS}
 MAX_INPUT_RANK = 2  # text may be [rows, 1]; input_ids and attention_mask are [rows, tokens]
 
 
-COMMON_PARAMS = [Param("truncate", (bool,), "keep the last context_length tokens of a longer input instead of a 400")]
+COMMON_PARAMS = [
+    Param("truncate", (bool,), "keep the last context_length tokens of a longer input instead of a 400"),
+    Param("ablate", (str,), 'heads to ablate, as "layer.head" pairs: "0.2,1.3" (their outputs are zeroed)'),
+]
+
+
+def _head_mask(core: InferenceCore, params: dict[str, Any]) -> np.ndarray | None:
+    """v2 parameters are scalars, so the heads to ablate come as "0.2,1.3"."""
+    value = params.get("ablate")
+    if not value:
+        return None
+    pairs = []
+    for part in value.split(","):
+        layer, dot, head = part.strip().partition(".")
+        if not (dot and layer.isdigit() and head.isdigit()):
+            raise V2Error(f'parameter \'ablate\' takes "layer.head" pairs like "0.2,1.3", not {value!r}')
+        pairs.append((int(layer), int(head)))
+    return core.head_mask(pairs, "ablate")
 
 
 def _lengths(rows: list[Row]) -> Output:
@@ -92,7 +110,7 @@ async def _next_token(
     temperature = params.get("temperature", 1.0)
     if not 1e-3 <= temperature <= 100:
         raise V2Error(f"parameter 'temperature' must be between 0.001 and 100, not {temperature}")
-    logprobs = np.stack(await core.next_token_logprobs(rows, temperature)).astype(np.float32)
+    logprobs = np.stack(await core.next_token_logprobs(rows, temperature, _head_mask(core, params))).astype(np.float32)
     return [Output("next_token_logprobs", "FP32", logprobs, logprobs.shape), _lengths(rows)]
 
 
@@ -111,7 +129,7 @@ async def _attention(
             padded = returned // sum(len(r.ids) ** 2 for r in rows) * len(rows) * width**2
             held.take(padded * ATTENTION_BYTES)
 
-    maps = await core.attention(rows, layers, heads, reserve)
+    maps = await core.attention(rows, layers, heads, reserve, _head_mask(core, params))
     layers_, heads_ = maps[0].layers, maps[0].heads
     out = [_lengths(rows), _token_ids(rows, width)]
     out.append(Output("layers", "INT64", np.array(layers_, dtype=np.int64), (len(layers_),)))
@@ -128,12 +146,31 @@ async def _attention(
 async def _score(
     core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
 ) -> list[Output]:
-    scores = await core.score(rows)
+    scores = await core.score(rows, _head_mask(core, params))
     width = max(len(r.ids) for r in rows)
     logprobs = np.zeros((len(rows), max(width - 1, 0)), dtype=np.float32)
     for i, s in enumerate(scores):
         logprobs[i, : len(s.logprobs)] = s.logprobs
     return [Output("token_logprobs", "FP32", logprobs, logprobs.shape), _lengths(rows), _token_ids(rows, width)]
+
+
+async def _logit_lens(
+    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
+) -> list[Output]:
+    top_k = params.get("top_k", 5)
+    lens = await core.logit_lens(rows, top_k, _head_mask(core, params))
+    width = max(len(r.ids) for r in rows)
+    depth = lens[0][0].shape[0]
+    logprobs = np.zeros((len(rows), depth, width, top_k), dtype=np.float32)
+    ids = np.full((len(rows), depth, width, top_k), PAD_ID, dtype=np.int64)
+    for i, (lp, top) in enumerate(lens):
+        n = lp.shape[1]
+        logprobs[i, :, :n], ids[i, :, :n] = lp, top
+    return [
+        Output("lens_logprobs", "FP32", logprobs, logprobs.shape),
+        Output("lens_token_ids", "INT64", ids, ids.shape),
+        _lengths(rows),
+    ]
 
 
 def _index_list(value: Any, name: str) -> list[int] | None:
@@ -199,6 +236,26 @@ MODELS: dict[str, V2Model] = {
             ],
             COMMON_PARAMS,
             _score,
+        ),
+        V2Model(
+            "logit_lens",
+            "each layer's prediction: the residual stream after the embeddings and after every block, read "
+            "through the final LayerNorm and the unembedding (the top k per layer and position)",
+            [
+                TensorMeta(
+                    "lens_logprobs",
+                    "FP32",
+                    [-1, -1, -1, -1],
+                    "[row, layer (0: embeddings .. n_layer: the output), position, k]: log-probs, most likely "
+                    "first; positions past a row's length are 0",
+                ),
+                TensorMeta(
+                    "lens_token_ids", "INT64", [-1, -1, -1, -1], f"the tokens of lens_logprobs ({PAD_ID}: padding)"
+                ),
+                LENGTHS,
+            ],
+            [*COMMON_PARAMS, Param("top_k", (int,), f"tokens per layer and position, 1 to {LENS_TOP} (default 5)")],
+            _logit_lens,
         ),
     )
 }

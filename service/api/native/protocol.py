@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.api.schema import TOP_K, HeadIndex, LayerIndex, TokenId, exactly_one_of
+from bundlespec.graphs import LENS_TOP
+from service.api.schema import BOUND_MARK, TOP_K, HeadIndex, LayerIndex, TokenId, exactly_one_of
 
 NonEmptyText = Annotated[str, Field(min_length=1)]
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
@@ -42,7 +43,33 @@ class Inputs(BaseModel):
         return len(self.texts if self.texts is not None else self.token_ids or [])
 
 
-class NextTokenRequest(Inputs):
+# [layer, head]: a JSON array of two (a tuple would not take JSON's array in strict mode); the schema
+# gives each place its own bound, and the core names an index that is out of range (422).
+AblatedHead = Annotated[
+    list[Annotated[int, Field(ge=0)]],
+    Field(
+        min_length=2,
+        max_length=2,
+        json_schema_extra={
+            "prefixItems": [
+                {"type": "integer", "minimum": 0, BOUND_MARK: "layer"},
+                {"type": "integer", "minimum": 0, BOUND_MARK: "head"},
+            ]
+        },
+    ),
+]
+
+
+class Ablatable(BaseModel):
+    ablate: list[AblatedHead] | None = Field(
+        None,
+        description="Heads to ablate, as [layer, head] pairs: each one's output (its attention-weighted sum of "
+        "values, before W_O) is zeroed. [] or none: the model as it is.",
+        examples=[[[0, 2]]],
+    )
+
+
+class NextTokenRequest(Ablatable, Inputs):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
@@ -75,7 +102,7 @@ class NextTokenResponse(BaseModel):
     results: list[NextTokenResult]
 
 
-class AttentionRequest(Inputs):
+class AttentionRequest(Ablatable, Inputs):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
@@ -100,7 +127,7 @@ class AttentionResponse(BaseModel):
     results: list[AttentionResult]
 
 
-class ScoreRequest(Inputs):
+class ScoreRequest(Ablatable, Inputs):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
@@ -132,3 +159,50 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class LogitLensRequest(Ablatable, Inputs):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra=_schema({"texts": ["we do like"], "model": "toy", "top_k": 3, "positions": "last"}),
+    )
+    top_k: int = Field(5, ge=1, le=LENS_TOP, description=f"Tokens per layer and position (at most {LENS_TOP}).")
+    positions: Literal["all", "last"] = Field("all", description="Every position, or only the last.")
+
+
+class LogitLensResult(BaseModel):
+    tokens: list[str]
+    token_ids: list[int]
+    positions: list[int] = Field(description="The position of each entry of a lens layer's list.")
+    lens: list[list[list[TokenProb]]] = Field(
+        description="[layer][position][k]: n_layer + 1 entries (0: the embeddings; l: after block l; the last: "
+        "the model's own output), each the top k tokens of the residual stream read through the final "
+        "LayerNorm and the unembedding."
+    )
+
+
+class LogitLensResponse(BaseModel):
+    model: str
+    results: list[LogitLensResult]
+
+
+class HeadImportanceRequest(Inputs):
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_schema({"texts": ["we do like like."], "model": "toy"})
+    )
+
+
+class HeadImportanceResult(BaseModel):
+    tokens: list[str]
+    token_ids: list[int]
+    mean_logprob: float = Field(description="Mean over positions of log p(next token), every head on.")
+    importance: list[list[float]] = Field(
+        description="[layer][head]: the mean over positions of log p(next token) with that head ablated, minus "
+        "mean_logprob (negative: the model needs the head)."
+    )
+
+
+class HeadImportanceResponse(BaseModel):
+    model: str
+    results: list[HeadImportanceResult]

@@ -15,6 +15,10 @@ from service.api.native.protocol import (
     AttentionRequest,
     AttentionResponse,
     ErrorResponse,
+    HeadImportanceRequest,
+    HeadImportanceResponse,
+    LogitLensRequest,
+    LogitLensResponse,
     NextTokenRequest,
     NextTokenResponse,
     ScoreRequest,
@@ -68,6 +72,24 @@ async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
     """Log-probability of each token given the ones before it."""
     note(request)["rows"] = body.count
     return await serving.score(lease(request, body.model), body)
+
+
+@router.post("/logit-lens", response_model=LogitLensResponse)
+async def logit_lens(body: LogitLensRequest, request: Request) -> Response:
+    """What each layer predicts: the residual stream after the embeddings and after every block,
+    read through the final LayerNorm and the unembedding, top k per layer and position."""
+    core = lease(request, body.model)
+    note(request)["rows"] = body.count
+    return Response(await serving.logit_lens(core, body), media_type="application/json")
+
+
+@router.post("/head-importance", response_model=HeadImportanceResponse)
+async def head_importance(body: HeadImportanceRequest, request: Request) -> HeadImportanceResponse:
+    """How much each head matters to each input: the change in mean log p(next token) when that head
+    alone is ablated (every head in turn, batched as rows of the score graph)."""
+    core = lease(request, body.model)
+    note(request)["rows"] = body.count
+    return await serving.head_importance(core, body)
 
 
 # Every other path's errors take the native shape too (the default protocol); everything under /v1/

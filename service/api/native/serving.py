@@ -10,7 +10,11 @@ import orjson
 from service.api.budget import ATTENTION_JSON_BYTES, Reservation
 from service.api.native.protocol import (
     AttentionRequest,
+    HeadImportanceRequest,
+    HeadImportanceResponse,
+    HeadImportanceResult,
     Inputs,
+    LogitLensRequest,
     NextTokenRequest,
     ScoreRequest,
     ScoreResponse,
@@ -26,7 +30,7 @@ async def rows(core: InferenceCore, req: Inputs) -> list[Row]:
 async def next_token(core: InferenceCore, req: NextTokenRequest) -> bytes:
     """The JSON answer, written directly: the hot path skips building and re-validating response models
     (NextTokenResponse stays the documented shape; tests/service/test_schemathesis.py checks answers against it)."""
-    results = await core.next_token(await rows(core, req), req.top_k, req.temperature)
+    results = await core.next_token(await rows(core, req), req.top_k, req.temperature, core.head_mask(req.ablate))
     text = core.token_text
     return orjson.dumps(
         {
@@ -51,7 +55,8 @@ async def attention(
 ) -> dict[str, Any]:
     """Plain data with numpy arrays, for orjson: a response can hold millions of floats."""
     reserve = (lambda n: reservation.take(n * ATTENTION_JSON_BYTES)) if reservation is not None else None
-    results = await core.attention(await rows(core, req), req.layers, req.heads, reserve)
+    head_mask = core.head_mask(req.ablate)
+    results = await core.attention(await rows(core, req), req.layers, req.heads, reserve, head_mask)
     text = core.token_text
     out = []
     for r in results:
@@ -83,7 +88,7 @@ def attention_json(answer: dict[str, Any]) -> bytes:
 
 
 async def score(core: InferenceCore, req: ScoreRequest) -> ScoreResponse:
-    results = await core.score(await rows(core, req))
+    results = await core.score(await rows(core, req), core.head_mask(req.ablate))
     text = core.token_text
     out = []
     for r in results:
@@ -100,3 +105,44 @@ async def score(core: InferenceCore, req: ScoreRequest) -> ScoreResponse:
             )
         )
     return ScoreResponse(model=core.name, results=out)
+
+
+async def logit_lens(core: InferenceCore, req: LogitLensRequest) -> bytes:
+    head_mask = core.head_mask(req.ablate)
+    inputs = await rows(core, req)
+    text = core.token_text
+    out = []
+    for row, (logprobs, ids) in zip(inputs, await core.logit_lens(inputs, req.top_k, head_mask), strict=True):
+        n = len(row.ids)
+        positions = list(range(n)) if req.positions == "all" else [n - 1]
+        lens = [
+            [
+                [
+                    {"token": text[t], "token_id": t, "prob": math.exp(lp), "logprob": lp}
+                    for t, lp in zip(ids[layer, p].tolist(), logprobs[layer, p].tolist(), strict=True)
+                ]
+                for p in positions
+            ]
+            for layer in range(logprobs.shape[0])
+        ]
+        token_ids = row.ids.tolist()
+        tokens = [text[t] for t in token_ids]
+        out.append({"tokens": tokens, "token_ids": token_ids, "positions": positions, "lens": lens})
+    return orjson.dumps({"model": core.name, "results": out})
+
+
+async def head_importance(core: InferenceCore, req: HeadImportanceRequest) -> HeadImportanceResponse:
+    inputs = await rows(core, req)
+    scores = await core.score(inputs)  # the plain run's own numbers, as /v1/score gives them
+    out = []
+    for row, plain, importance in zip(inputs, scores, await core.head_importance(inputs), strict=True):
+        ids = row.ids.tolist()
+        out.append(
+            HeadImportanceResult(
+                tokens=[core.token_text[t] for t in ids],
+                token_ids=ids,
+                mean_logprob=float(plain.logprobs.mean()),
+                importance=importance.tolist(),
+            )
+        )
+    return HeadImportanceResponse(model=core.name, results=out)
