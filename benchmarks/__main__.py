@@ -27,6 +27,7 @@ from loadtest.harness import ROOT
 from loadtest.serving import (
     client_check,
     explorer_bench,
+    interpretability_bench,
     kserve_bench,
     next_token_check,
     payload_bench,
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last results.json")
     p.add_argument(
         "--only",
-        choices=["generation", "payload", "kserve", "explorer", "int8", "toy", "tracing"],
+        choices=["generation", "payload", "kserve", "explorer", "int8", "toy", "tracing", "interpretability"],
         help="re-run one section (kserve: the service and Triton on the same v2 requests) and rewrite the report",
     )
     p.add_argument(
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["toy_http"] = toy_http_bench(args.seconds, Path(tmp))
             elif args.only == "tracing":
                 results["tracing"] = tracing_bench(args.seconds, Path(tmp))
+            elif args.only == "interpretability":
+                results["interpretability"] = interpretability_bench(args.bundle, Path(tmp))
             elif args.only == "int8":
                 results["int8"] = int8_bench(args.bundle, Path(tmp), args.corpus)
             elif args.only == "explorer":
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         results["kserve"] = kserve_bench(args.bundle, args.seconds, work)
         results["toy_http"] = toy_http_bench(args.seconds, work)
         results["tracing"] = tracing_bench(args.seconds, work)
+        results["interpretability"] = interpretability_bench(args.bundle, work)
         results["generation"] = generation_bench(args.bundle)
         results["payload"] = payload_bench(args.bundle, work)
         results["explorer"] = explorer_bench(args.bundle, work)

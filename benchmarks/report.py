@@ -15,6 +15,7 @@ from benchmarks.int8 import int8_report
 from benchmarks.report_http import (
     _kserve_workloads,
     explorer_report,
+    interpretability_report,
     kserve_report,
     more_target_rows,
     payload_report,
@@ -127,6 +128,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         *kserve_report(results),
         *toy_report(results, docs),
         *tracing_report(results),
+        *interpretability_report(results),
         *generation_report(results),
         *payload_report(results),
         *explorer_report(results),

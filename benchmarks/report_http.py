@@ -11,6 +11,24 @@ from loadtest.serving import TRACING_VARIANTS
 from loadtest.triton import TRITON
 
 
+def interpretability_report(results: dict) -> list[str]:
+    r = results.get("interpretability")
+    if not r:
+        return []
+    out = [
+        "## The logit lens and head importance",
+        "",
+        f"One client, one server (the committed Shakespeare model: 4 layers x 8 heads), one text of {r['tokens']} "
+        "tokens, median of 5 after a warm-up, from the request to the parsed answer. `/v1/head-importance` runs the "
+        "score graph on 33 rows (each head ablated in turn, and none) in shared batches.",
+        "",
+        "| route | ms |",
+        "|---|---|",
+    ]
+    out += [f"| `{name}` | {ms:.1f} |" for name, ms in r.items() if name != "tokens"]
+    return [*out, ""]
+
+
 def tracing_report(results: dict) -> list[str]:
     tracing = results.get("tracing")
     if not tracing:

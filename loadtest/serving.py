@@ -152,6 +152,41 @@ def tracing_bench(seconds: float, work: Path) -> dict:
         sink.shutdown()
 
 
+def interpretability_bench(bundle_dir: Path, work: Path, reps: int = 5, tokens: int = 64) -> dict:
+    """One client, one server: the time of the interpretability routes for one text of `tokens`
+    tokens, median of `reps` after a warm-up, against /v1/score on the same text. head-importance runs
+    n_layer x n_head + 1 score rows."""
+    import statistics
+
+    import httpx
+
+    text = short_prompt(bundle_dir, tokens)
+    server = Server("interpretability", [sys.executable, "-m", "service"], service_env(bundle_dir), work)
+    routes = {
+        "/v1/score": {"texts": [text]},
+        "/v1/logit-lens": {"texts": [text], "top_k": 5},
+        "/v1/logit-lens, positions last": {"texts": [text], "top_k": 5, "positions": "last"},
+        "/v1/head-importance": {"texts": [text]},
+    }
+    out = {"tokens": tokens}
+    try:
+        server.wait_ready("/readyz")
+        with httpx.Client(timeout=120) as http:
+            for name, body in routes.items():
+                path = name.split(",")[0]
+                http.post(server.url + path, json=body).raise_for_status()  # warm-up
+                times = []
+                for _ in range(reps):
+                    started = time.perf_counter()
+                    http.post(server.url + path, json=body).raise_for_status()
+                    times.append((time.perf_counter() - started) * 1000)
+                out[name] = statistics.median(times)
+                log.info("%s: %.1f ms for %d tokens", name, out[name], tokens)
+    finally:
+        server.stop()
+    return out
+
+
 def payload_bench(bundle_dir: Path, work: Path, reps: int = 5) -> dict:
     """A full-context attention answer (every layer and head), from one httpx client and one server:
     attnserve's JSON (/v1/attention) against KServe v2 with JSON data and with binary tensors.

@@ -14,16 +14,18 @@ const SAMPLES = [
 // One colour per head, distinct in light and dark mode (Tableau 10).
 const HEAD_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
   "#9c755f", "#bab0ac"];
-const VIEWS = ["head", "model", "heatmap", "rollout", "generate"];
+const VIEWS = ["head", "model", "heatmap", "rollout", "generate", "lens", "importance"];
 const EXPLAIN = {
   head: "Lines from each token (left) to the tokens it attends to (right), one colour per head; a line's strength is its weight. Hover over a token, or use the arrow keys, to see only its lines.",
   model: "Every layer × head as a small query × key heatmap (rows: queries, columns: keys; colour: the square root of the weight). Click one, or move with the arrow keys and press Enter, to open it large.",
   heatmap: "Query (row) × key (column) weights of one layer and head, or their mean over heads (colour: the square root of the weight). Keys after the query are masked by the causal mask and left blank. Hover, or use the arrow keys, for the exact float32 value.",
   rollout: "Attention rollout: each layer's head-averaged attention, plus the identity for the residual path, multiplied from the first layer up, estimates how much each position draws on each input token overall (Abnar and Zuidema, 2020).",
   generate: "Generate tokens (greedy, streamed), then step through them: each new token's attention over its context, in the chosen layer, for the chosen head or the mean over heads.",
+  lens: "The logit lens: what each layer predicts. Rows: the residual stream after the embeddings (top) and after each block, read through the final LayerNorm and the unembedding; columns: positions. Each cell is the most likely next token, coloured by its probability; hover for the top 5.",
+  importance: "Head importance: for each layer (row) and head (column), the change in the mean log-probability of each next token when that head alone is switched off. Red: the model needs the head. Hover for the exact value; click a head to ablate it.",
 };
 
-const state = { text: "", layer: 0, head: 0, view: "head", hidden: new Set() };
+const state = { text: "", layer: 0, head: 0, view: "head", hidden: new Set(), ablate: new Set() }; // ablate: "l.h"
 let model = null; // {id, n_layer, n_head, context_length}
 let data = null; // the last run: tokens, ids, logprobs, next tokens, attention [L][H][n][n] as one Float32Array
 let gen = null; // the last generation: prompt tokens and one step per generated token
@@ -94,10 +96,17 @@ async function api(path, body) {
   return r;
 }
 
+// The ablated heads, as the native routes take them ([[layer, head], ...]) and as v2's "0.2,1.3".
+function ablatePairs() {
+  return [...state.ablate].map((s) => s.split(".").map(Number));
+}
+
 async function fetchAttention(text) {
+  const parameters = state.ablate.size ? { ablate: [...state.ablate].join(",") } : {};
   const r = await api(`/v2/models/${encodeURIComponent(model.id)}.attention/infer`, {
     inputs: [{ name: "text", shape: [1], datatype: "BYTES", data: [text] }],
     outputs: [{ name: "attention_weights", parameters: { binary_data: true } }],
+    parameters,
   });
   const length = Number(r.headers.get("Inference-Header-Content-Length"));
   const body = await r.arrayBuffer();
@@ -113,22 +122,49 @@ async function run() {
   setStatus("busy");
   hideError();
   try {
-    const [score, next, att] = await Promise.all([
-      api("/v1/score", { model: model.id, texts: [state.text] }).then((r) => r.json()),
-      api("/v1/next-token", { model: model.id, texts: [state.text], top_k: 8 }).then((r) => r.json()),
+    const ablate = ablatePairs();
+    const body = { model: model.id, texts: [state.text], ablate };
+    const [score, next, att, lens, plain] = await Promise.all([
+      api("/v1/score", body).then((r) => r.json()),
+      api("/v1/next-token", { ...body, top_k: 8 }).then((r) => r.json()),
       fetchAttention(state.text),
+      api("/v1/logit-lens", { ...body, top_k: 5 }).then((r) => r.json()),
+      // With heads ablated, the plain answer too, to show what the ablation changed.
+      ablate.length ? api("/v1/next-token", { model: model.id, texts: [state.text], top_k: 8 }).then((r) => r.json()) : null,
     ]);
     const s = score.results[0];
-    data = { text: state.text, tokens: s.tokens, ids: s.token_ids, logprobs: s.logprobs, next: next.results[0].top, ...att };
+    data = {
+      text: state.text, tokens: s.tokens, ids: s.token_ids, logprobs: s.logprobs, next: next.results[0].top,
+      lens: lens.results[0].lens, plainNext: plain ? plain.results[0].top : null, importance: null, ...att,
+    };
     rollout = null;
     gen = null;
     hover = null;
     renderTokens();
+    renderAblation();
+    if (state.view === "importance") await fetchImportance();
     draw();
     setStatus("ready");
   } catch (e) {
     showError(e);
   }
+}
+
+async function fetchImportance() {
+  if (data.importance || data.tokens.length < 2) return;
+  const r = await api("/v1/head-importance", { model: model.id, texts: [data.text] });
+  data.importance = (await r.json()).results[0].importance; // [layer][head]
+}
+
+// What the ablation changed: the top next token's probability with every head on, and now.
+function renderAblation() {
+  const box = $("ablation-change");
+  box.hidden = !data.plainNext;
+  if (!data.plainNext) return;
+  const top = data.plainNext[0];
+  const now = data.next.find((t) => t.token_id === top.token_id);
+  const p = now ? `${(now.prob * 100).toFixed(1)}%` : "below the top 8";
+  box.textContent = `Ablated ${[...state.ablate].join(", ")}: p(${readable(top.token)}) was ${(top.prob * 100).toFixed(1)}%, now ${p}; the top token is now ${readable(data.next[0].token)}.`;
 }
 
 async function generate() {
@@ -178,6 +214,7 @@ async function generate() {
 
 function saveUrl() {
   const p = new URLSearchParams({ model: model.id, text: state.text, layer: state.layer, head: state.head, view: state.view });
+  if (state.ablate.size) p.set("ablate", [...state.ablate].join(","));
   history.replaceState(null, "", `${location.pathname}?${p}`);
   $("compare-link").href = `compare.html?${new URLSearchParams({ left: model.id, text: state.text, view: state.view })}`;
 }
@@ -188,6 +225,10 @@ function loadUrl() {
   state.layer = clampInt(p.get("layer"), 0, model.n_layer - 1);
   state.head = p.get("head") === "mean" ? "mean" : clampInt(p.get("head"), 0, model.n_head - 1);
   state.view = VIEWS.includes(p.get("view")) ? p.get("view") : "head";
+  state.ablate = new Set((p.get("ablate") || "").split(",").filter((s) => {
+    const [l, h] = s.split(".").map(Number);
+    return Number.isInteger(l) && Number.isInteger(h) && l >= 0 && h >= 0 && l < model.n_layer && h < model.n_head;
+  }));
 }
 
 function clampInt(s, lo, hi) {
@@ -270,7 +311,10 @@ function draw() {
   $("head").value = String(state.head);
   if (!data) return;
   const started = performance.now();
-  ({ head: drawHeadView, model: drawModelView, heatmap: drawHeatmap, rollout: drawRollout, generate: drawGeneration })[state.view]();
+  ({
+    head: drawHeadView, model: drawModelView, heatmap: drawHeatmap, rollout: drawRollout, generate: drawGeneration,
+    lens: drawLens, importance: drawImportance,
+  })[state.view]();
   canvas.dataset.view = state.view;
   canvas.dataset.renderMs = (performance.now() - started).toFixed(1);
 }
@@ -498,6 +542,118 @@ function drawRollout() {
   drawMatrix(rolloutValue, `attention rollout over ${model.n_layer} layers (mean over heads, plus the residual)`);
 }
 
+// -- the logit lens and head importance ------------------------------------------------------------
+
+const LENS = { label: 90, top: 24, row: 26 };
+
+function lensCell() {
+  return Math.max(8, Math.min(72, Math.floor(720 / data.n)));
+}
+
+function drawLens() {
+  const n = data.n;
+  const depth = data.lens.length;
+  const cell = lensCell();
+  resize(LENS.label + n * cell + 8, LENS.top + depth * LENS.row + 8);
+  ctx.font = "12px system-ui, sans-serif";
+  ctx.textBaseline = "middle";
+  ctx.fillStyle = cssColour("--fg");
+  ctx.textAlign = "left";
+  ctx.fillText("the most likely next token at each depth (rows) and position (columns)", 4, 12);
+  for (let d = 0; d < depth; d++) {
+    const y = LENS.top + d * LENS.row;
+    ctx.fillStyle = cssColour("--fg");
+    ctx.textAlign = "right";
+    ctx.fillText(d === 0 ? "embeddings" : d === depth - 1 ? `output (${d})` : `block ${d}`, LENS.label - 6, y + LENS.row / 2);
+    for (let p = 0; p < n; p++) {
+      const top = data.lens[d][p][0];
+      ctx.fillStyle = surprisalColour(-Math.log(top.prob) * 2); // certain: pale; unsure: deep
+      ctx.fillRect(LENS.label + p * cell, y, cell - 1, LENS.row - 1);
+      if (cell >= 40) {
+        ctx.fillStyle = "#1b1f24"; // the cell colours are light in both schemes
+        ctx.textAlign = "center";
+        ctx.font = "11px ui-monospace, monospace";
+        ctx.fillText(readable(top.token), LENS.label + p * cell + cell / 2, y + LENS.row / 2, cell - 4);
+        ctx.font = "12px system-ui, sans-serif";
+      }
+    }
+  }
+  if (hover && hover.kind === "lens") {
+    ctx.strokeStyle = cssColour("--accent");
+    ctx.lineWidth = 2;
+    ctx.strokeRect(LENS.label + hover.p * cell, LENS.top + hover.d * LENS.row, cell - 1, LENS.row - 1);
+  }
+}
+
+function lensAt(x, y) {
+  const p = Math.floor((x - LENS.label) / lensCell());
+  const d = Math.floor((y - LENS.top) / LENS.row);
+  if (p < 0 || p >= data.n || d < 0 || d >= data.lens.length) return null;
+  return { kind: "lens", d, p };
+}
+
+function describeLens(c) {
+  const top = data.lens[c.d][c.p].map((t) => `${readable(t.token)} ${(t.prob * 100).toFixed(1)}%`).join(", ");
+  return `depth ${c.d}, after ${JSON.stringify(data.tokens[c.p])} (#${c.p}): ${top}`;
+}
+
+const IMPORTANCE = { label: 70, top: 24, cell: 40 };
+
+function drawImportance() {
+  const L = model.n_layer;
+  const H = model.n_head;
+  const { label, top, cell } = IMPORTANCE;
+  resize(label + H * cell + 8, top + L * cell + 8);
+  ctx.font = "12px system-ui, sans-serif";
+  ctx.textBaseline = "middle";
+  ctx.fillStyle = cssColour("--fg");
+  ctx.textAlign = "left";
+  if (!data.importance) {
+    ctx.fillText(data.tokens.length < 2 ? "head importance needs at least two tokens" : "loading…", 4, 12);
+    return;
+  }
+  ctx.fillText("change in mean log p(next token) with the head off (rows: layers, columns: heads)", 4, 12);
+  const worst = Math.max(1e-9, ...data.importance.flat().map(Math.abs));
+  for (let l = 0; l < L; l++) {
+    ctx.fillStyle = cssColour("--fg");
+    ctx.textAlign = "right";
+    ctx.fillText(`layer ${l}`, label - 6, top + l * cell + cell / 2);
+    for (let h = 0; h < H; h++) {
+      const v = data.importance[l][h];
+      const t = Math.min(1, Math.abs(v) / worst);
+      // Red where the model needs the head (the log-probability falls without it), blue where it gains.
+      ctx.fillStyle = v < 0 ? `hsl(0, 80%, ${95 - 45 * t}%)` : `hsl(215, 80%, ${95 - 45 * t}%)`;
+      ctx.fillRect(label + h * cell, top + l * cell, cell - 1, cell - 1);
+      if (state.ablate.has(`${l}.${h}`)) {
+        ctx.strokeStyle = "#1b1f24";
+        ctx.lineWidth = 2;
+        ctx.strokeRect(label + h * cell + 3, top + l * cell + 3, cell - 7, cell - 7);
+      }
+    }
+  }
+  if (hover && hover.kind === "head") {
+    ctx.strokeStyle = cssColour("--accent");
+    ctx.lineWidth = 2;
+    ctx.strokeRect(label + hover.h * cell, top + hover.l * cell, cell - 1, cell - 1);
+  }
+}
+
+function importanceAt(x, y) {
+  const { label, top, cell } = IMPORTANCE;
+  const h = Math.floor((x - label) / cell);
+  const l = Math.floor((y - top) / cell);
+  if (!data.importance || h < 0 || h >= model.n_head || l < 0 || l >= model.n_layer) return null;
+  return { kind: "head", l, h };
+}
+
+function toggleAblation(key, on) {
+  if (on) state.ablate.add(key);
+  else state.ablate.delete(key);
+  const box = document.querySelector(`#ablate input[data-head="${key}"]`);
+  if (box) box.checked = on;
+  run();
+}
+
 function matrixCell(x, y) {
   const cell = Number(canvas.dataset.cell);
   const k = Math.floor((x - Number(canvas.dataset.left)) / cell);
@@ -593,6 +749,8 @@ function viewData() {
   }
   if (state.view === "heatmap") return { ...base, layer: state.layer, head: state.head, attention: matrix(heatValue) };
   if (state.view === "rollout") return { ...base, rollout: matrix(rolloutValue) };
+  if (state.view === "lens") return { ...base, ablate: ablatePairs(), lens: data.lens };
+  if (state.view === "importance") return { ...base, importance: data.importance };
   return { ...base, layer: gen ? gen.layer : state.layer, generated: gen ? gen.steps : [] };
 }
 
@@ -603,6 +761,10 @@ function setView(view) {
   hover = null;
   saveUrl();
   draw();
+  if (view === "importance" && data && !data.importance) {
+    setStatus("busy");
+    fetchImportance().then(() => { draw(); setStatus("ready"); }).catch(showError);
+  }
 }
 
 function pointer(e) {
@@ -619,7 +781,11 @@ function onMove(e) {
   if (state.view === "head") found = headViewRow(x, y);
   if (state.view === "model") found = modelViewMap(x, y);
   if (state.view === "heatmap" || state.view === "rollout") found = matrixCell(x, y);
+  if (state.view === "lens") found = lensAt(x, y);
+  if (state.view === "importance") found = importanceAt(x, y);
   if (found && found.kind === "cell") text = describeCell(found);
+  if (found && found.kind === "lens") text = describeLens(found);
+  if (found && found.kind === "head") text = `layer ${found.l}, head ${found.h}: ${data.importance[found.l][found.h]} (click to ablate)`;
   if (found && found.kind === "map") text = `layer ${found.layer}, head ${found.head}: click to open`;
   if (found && found.kind === "row") text = `${found.side} ${found.index}: ${JSON.stringify(data.tokens[found.index])}`;
   if (JSON.stringify(found) !== JSON.stringify(hover)) {
@@ -694,6 +860,22 @@ function buildModelControls() {
     label.append(box, swatch, ` head ${h}`);
     toggles.append(label);
   }
+  const ablate = $("ablate");
+  ablate.replaceChildren(Object.assign(document.createElement("legend"), { textContent: "Switch a head's output off" }));
+  $("ablate-box").open = state.ablate.size > 0;
+  for (let l = 0; l < model.n_layer; l++) {
+    for (let h = 0; h < model.n_head; h++) {
+      const key = `${l}.${h}`;
+      const label = document.createElement("label");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.checked = state.ablate.has(key);
+      box.dataset.head = key;
+      box.addEventListener("change", () => toggleAblation(key, box.checked));
+      label.append(box, ` ${key}`);
+      ablate.append(label);
+    }
+  }
 }
 
 function buildControls() {
@@ -746,6 +928,11 @@ function wire() {
     }
   });
   canvas.addEventListener("click", (e) => {
+    if (state.view === "importance" && data) {
+      const at = importanceAt(...pointer(e));
+      if (at) toggleAblation(`${at.l}.${at.h}`, !state.ablate.has(`${at.l}.${at.h}`));
+      return;
+    }
     if (state.view !== "model" || !data) return;
     const m = modelViewMap(...pointer(e));
     if (m) openMap(m.layer, m.head);
@@ -767,6 +954,7 @@ function useModel(card) {
 
 async function pickModel(id) {
   useModel(cards.find((c) => c.id === id));
+  state.ablate = new Set(); // another model's heads
   state.layer = Math.min(state.layer, model.n_layer - 1);
   state.head = state.head === "mean" ? "mean" : Math.min(state.head, model.n_head - 1);
   buildModelControls();

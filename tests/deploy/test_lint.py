@@ -84,3 +84,12 @@ def test_the_lock_files_pin_every_dependency_with_hashes():
     assert names(extras) - {"torch"} <= set(dev) and "torch" not in dev  # torch comes first, on its own
     assert "onnxruntime" in pinned("image-cpu.txt") and "onnxruntime-gpu" not in pinned("image-cpu.txt")
     assert "onnxruntime-gpu" in pinned("image-gpu.txt")
+
+
+def test_the_readme_states_the_committed_bundles_size():
+    import re
+
+    bundle = ROOT / "bundles" / "attnserve-shakespeare" / "1"
+    size_mb = sum(f.stat().st_size for f in bundle.iterdir()) / 1e6
+    stated = re.search(r"`bundles/attnserve-shakespeare/1/`, ([0-9.]+) MB", (ROOT / "README.md").read_text())
+    assert stated and abs(float(stated.group(1)) - size_mb) < 0.06, (stated and stated.group(1), size_mb)

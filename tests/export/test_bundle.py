@@ -133,7 +133,8 @@ def test_attention_graph_output_is_exact_softmax(toy_bundle):
     session = ort.InferenceSession(str(toy_bundle / GRAPHS["attention"].file))
     ids = np.array([[5, 6, 7, 8, 0, 0]], dtype=np.int64)
     mask = np.array([[1, 1, 1, 1, 0, 0]], dtype=np.int64)
-    (w,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+    head_mask = np.ones((1, 2, 4), dtype=np.float32)
+    (w,) = session.run(None, {"input_ids": ids, "attention_mask": mask, "head_mask": head_mask})
     assert w.shape[:3] == (1, 2, 4) and w.shape[3:] == (6, 6)
     np.testing.assert_allclose(w[0, :, :, :4, :4].sum(-1), 1.0, atol=1e-6)
     assert not w[0, :, :, :, 4:].any()
@@ -179,8 +180,8 @@ def test_the_int8_variant_quantizes_next_token_and_score_and_keeps_attention_exa
     quantize_bundle(toy_bundle, tmp_path / "int8")
     bundle = load_bundle(tmp_path / "int8")  # every hash checks out
     precision = {name: g.precision for name, g in bundle.manifest.graphs.items()}
-    assert precision == {"next_token": "int8", "score": "int8", "attention": "float32", "prefill": "float32",
-                         "decode": "float32"}  # fmt: skip
+    assert precision == {"next_token": "int8", "score": "int8", "attention": "float32", "logit_lens": "float32",
+                         "prefill": "float32", "decode": "float32"}  # fmt: skip
     assert bundle.name == "toy-int8"
     int8, fp32 = Engine(bundle, "cpu", max_padding=0.1), Engine(load_bundle(toy_bundle), "cpu", max_padding=0.1)
     graph = onnx.load(str(tmp_path / "int8" / "next_token.onnx"), load_external_data=False)

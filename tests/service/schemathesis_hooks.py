@@ -3,7 +3,8 @@ that the schema calls valid but the server rightly refuses is not generated as a
 
 Each rule is one the server documents and that depends on something outside the request's own
 shape: how many tokens a text has (the bundle's tokenizer against its context), a comparison of two
-fields, or a tensor's data against its shape. Everything else is in the OpenAPI document.
+fields, how many rows a request needs against the queue, or a tensor's data against its shape.
+Everything else is in the OpenAPI document.
 Set ATTNSERVE_BUNDLE to the served bundle's directory.
 """
 
@@ -20,7 +21,8 @@ from tokenizers import Tokenizer
 
 BUNDLE = Path(os.environ["ATTNSERVE_BUNDLE"])
 TOKENIZER = Tokenizer.from_file(str(BUNDLE / "tokenizer.json"))
-CONTEXT = json.loads((BUNDLE / "manifest.json").read_text())["architecture"]["context_length"]
+ARCHITECTURE = json.loads((BUNDLE / "manifest.json").read_text())["architecture"]
+CONTEXT, LAYERS, HEADS = ARCHITECTURE["context_length"], ARCHITECTURE["n_layer"], ARCHITECTURE["n_head"]
 
 
 def _tokens(text: str) -> int:
@@ -36,6 +38,16 @@ def _fits(body: dict[str, Any]) -> bool:
     return all(_tokens(t) <= CONTEXT for t in texts if isinstance(t, str)) and all(
         len(row) <= CONTEXT for row in ids if isinstance(row, list)
     )
+
+
+def _importance_fits(body: dict[str, Any]) -> bool:
+    """Head importance: every input has two tokens or more, and its n_layer x n_head + 1 score rows per
+    input fit the queue (MAX_QUEUE_ROWS, 256 by default)."""
+    inputs = body.get("texts") if isinstance(body.get("texts"), list) else body.get("token_ids")
+    if not isinstance(inputs, list):
+        return True
+    sizes = [_tokens(x) if isinstance(x, str) else len(x) for x in inputs if isinstance(x, str | list)]
+    return all(n >= 2 for n in sizes) and len(inputs) * (LAYERS * HEADS + 1) <= 256
 
 
 def _completion_fits(body: dict[str, Any]) -> bool:
@@ -94,8 +106,10 @@ def filter_case(context: Any, case: Any) -> bool:
     if not isinstance(body, dict):
         return True
     path = case.operation.path
-    if path in ("/v1/next-token", "/v1/attention", "/v1/score"):
+    if path in ("/v1/next-token", "/v1/attention", "/v1/score", "/v1/logit-lens"):
         return _fits(body)
+    if path == "/v1/head-importance":
+        return _fits(body) and _importance_fits(body)
     if path == "/v1/completions":
         return _completion_fits(body)
     if path.endswith("/infer"):

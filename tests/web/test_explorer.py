@@ -117,6 +117,7 @@ def test_the_heatmap_shows_the_attention_endpoints_exact_value_on_hover(page):
     assert page.page.input_value("#layer") == "1" and page.page.input_value("#head") == "2"
     want = api(page.server, "/v1/attention", {"texts": [TEXT], "layers": [1], "heads": [2]})["results"][0]["attention"]
     want = np.array(want, dtype=np.float32)[0, 0]
+    page.page.evaluate("() => document.getElementById('canvas').scrollIntoView({block: 'end'})")
     box = page.page.locator("#canvas").bounding_box()
     cell, left, top = (float(page.page.get_attribute("#canvas", f"data-{k}")) for k in ("cell", "left", "top"))
     for q, k in ((0, 0), (4, 1), (len(want) - 1, 3), (2, 5)):
@@ -347,3 +348,51 @@ def test_two_models_side_by_side_on_the_same_text(browser, toy_bundle, server_fa
 
 def readable(token: str) -> str:
     return token.replace(" ", "·").replace("\n", "↵")
+
+
+def test_the_logit_lens_view_shows_each_layers_top_tokens_on_hover(page):
+    page.open(f"text={quote('we do like')}&view=lens")
+    assert page.canvas_colours() > 5 and page.errors == []
+    (want,) = api(page.server, "/v1/logit-lens", {"texts": ["we do like"], "top_k": 5})["results"]
+    box = page.page.locator("#canvas").bounding_box()
+    cell = page.page.evaluate("() => Math.max(8, Math.min(72, Math.floor(720 / 3)))")
+    for depth, position in ((0, 0), (2, 2), (1, 1)):
+        page.page.mouse.move(box["x"] + 90 + (position + 0.5) * cell, box["y"] + 24 + (depth + 0.5) * 26)
+        tip = page.page.inner_text("#tooltip")
+        top = want["lens"][depth][position][0]
+        assert f"depth {depth}" in tip and readable(top["token"]) in tip, (tip, top)
+
+
+def test_ablating_a_head_updates_the_answers_and_says_what_changed(page):
+    page.open(f"text={quote('we do like')}")
+    assert page.page.inner_text("#next").split("Next: ")[1].startswith("·like")
+    page.page.click("#ablate-box summary")  # the control is folded away until asked for
+    page.page.check('#ablate input[data-head="0.2"]')
+    page.page.wait_for_function("() => new URLSearchParams(location.search).get('ablate') === '0.2'")
+    page.wait()
+    page.page.wait_for_function("() => !document.getElementById('ablation-change').hidden")
+    change = page.page.inner_text("#ablation-change")
+    want = api(page.server, "/v1/next-token", {"texts": ["we do like"], "top_k": 1, "ablate": [[0, 2]]})["results"]
+    assert "Ablated 0.2" in change and "·like" in change
+    assert page.page.inner_text("#next").split("Next: ")[1].startswith(readable(want[0]["top"][0]["token"]))
+    # Every view follows the ablation, the attention too (its later layer changes).
+    page.view("lens")
+    assert page.errors == []
+
+
+def test_the_head_importance_view_matches_the_api_and_a_click_ablates(page):
+    page.open(f"text={quote('we do like like.')}&view=importance")
+    page.page.wait_for_function("() => document.getElementById('canvas').dataset.view === 'importance'")
+    page.wait()
+    (want,) = api(page.server, "/v1/head-importance", {"texts": ["we do like like."]})["results"]
+    box = page.page.locator("#canvas").bounding_box()
+    x, y = box["x"] + 70 + 2.5 * 40, box["y"] + 24 + 0.5 * 40  # layer 0, head 2
+    page.page.mouse.move(x, y)
+    tip = page.page.inner_text("#tooltip")
+    assert (
+        tip.startswith("layer 0, head 2: ")
+        and abs(float(tip.split(": ")[1].split()[0]) - want["importance"][0][2]) < 1e-9
+    )
+    page.page.mouse.click(x, y)
+    page.page.wait_for_function("() => new URLSearchParams(location.search).get('ablate') === '0.2'")
+    assert page.page.is_checked('#ablate input[data-head="0.2"]') and page.errors == []
