@@ -16,7 +16,8 @@ One-shot graphs (one call answers a request), each also taking head_mask [batch,
                  stream after the embeddings (0) and after each block, through the final LayerNorm
                  and the tied unembedding, as log-probabilities; the LENS_TOP most likely tokens at
                  every layer and position (the last layer's is the model's own next-token answer)
-Generation graphs (a KV cache carried between calls):
+Generation graphs (a KV cache carried between calls; both take head_mask as well, so that a
+generation can run with heads ablated):
     prefill      input_ids, attention_mask [batch, seq] -> next_token_logprobs [batch, vocab],
                  keys, values [batch, layers, heads, seq, d_head] (every prompt position),
                  last_attention [batch, layers, heads, seq] (the last real token's weights)
@@ -131,7 +132,7 @@ GRAPHS: dict[str, GraphSpec] = {
         ),
         GraphSpec(
             "prefill",
-            PROMPT_INPUTS,
+            ABLATABLE,
             (
                 _f32("next_token_logprobs", BATCH, "vocab"),
                 _f32("keys", *CACHE_AXES),
@@ -148,6 +149,7 @@ GRAPHS: dict[str, GraphSpec] = {
                 _f32("past_keys", BATCH, "layers", "heads", PAST, "d_head"),
                 _f32("past_values", BATCH, "layers", "heads", PAST, "d_head"),
                 _i64("past_mask", BATCH, PAST),
+                _f32(HEAD_MASK, BATCH, "layers", "heads"),
             ),
             (
                 _f32("next_token_logprobs", BATCH, "vocab"),

@@ -74,9 +74,9 @@ class LogitLensGraph(AblatableGraph):
         return logprobs.topk(k, dim=-1)  # (B, L+1, T, K) log-probs and ids, most likely first
 
 
-class PrefillGraph(PromptGraph):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        h_last, keys, values, last_attention = self.model.prefill(input_ids, attention_mask)
+class PrefillGraph(AblatableGraph):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head_mask: torch.Tensor):
+        h_last, keys, values, last_attention = self.model.prefill(input_ids, attention_mask, head_mask=head_mask)
         return torch.log_softmax(self.model.logits(h_last), dim=-1), keys, values, last_attention
 
 
@@ -86,10 +86,15 @@ class DecodeGraph(PromptGraph):
         cache = torch.randn(2, cfg.n_layer, cfg.n_head, past, cfg.d_head)
         mask = torch.ones(2, past, dtype=torch.long)
         mask[1, 3:] = 0  # the second row's cache is shorter: padded slots
-        return torch.randint(0, cfg.vocab_size, (2, 1)), torch.tensor([5, 3]), cache, cache.clone(), mask
+        head_mask = torch.ones(2, cfg.n_layer, cfg.n_head)
+        head_mask[1, 0, 0] = 0.0
+        ids = torch.randint(0, cfg.vocab_size, (2, 1))
+        return ids, torch.tensor([5, 3]), cache, cache.clone(), mask, head_mask
 
-    def forward(self, input_ids, positions, past_keys, past_values, past_mask):
-        h, new_keys, new_values, weights = self.model.decode(input_ids, positions, past_keys, past_values, past_mask)
+    def forward(self, input_ids, positions, past_keys, past_values, past_mask, head_mask):
+        h, new_keys, new_values, weights = self.model.decode(
+            input_ids, positions, past_keys, past_values, past_mask, head_mask
+        )
         return torch.log_softmax(self.model.logits(h), dim=-1), new_keys, new_values, weights
 
 

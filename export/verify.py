@@ -114,11 +114,11 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
     prefill, decode = _session(bundle_dir, "prefill"), _session(bundle_dir, "decode")
     worst = 0.0
 
-    def compare(got: np.ndarray, seqs: list[list[int]], step: int) -> list[int]:
+    def compare(got: np.ndarray, seqs: list[list[int]], step: int, heads: np.ndarray) -> list[int]:
         """Check ORT's next-token log-probs (B, V) against PyTorch's; returns the greedy tokens."""
         nonlocal worst
         ids, mask = pad([np.asarray(s) for s in seqs])
-        (want,) = _torch(model, "next_token", ids, mask, ones_mask(model, len(seqs)))
+        (want,) = _torch(model, "next_token", ids, mask, heads)
         worst = max(worst, _check("decode", got, want, tol, f"step {step} log-probs vs recomputation"))
         chosen = got.argmax(-1)
         for i, t in enumerate(chosen):
@@ -134,9 +134,12 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
         ]
         seqs = [rng.integers(0, cfg.vocab_size, n).tolist() for n in lengths]
         ids, mask = pad([np.asarray(s) for s in seqs])
-        logprobs, keys, values, _ = prefill.run(None, {"input_ids": ids, "attention_mask": mask})
+        # Some rows generate with heads ablated, beside plain rows, and are checked against
+        # PyTorch recomputing with the same heads zeroed.
+        heads = random_head_mask(rng, len(seqs), cfg.n_layer, cfg.n_head)
+        logprobs, keys, values, _ = prefill.run(None, {"input_ids": ids, "attention_mask": mask, "head_mask": heads})
         caches = [(keys[i, :, :, :n], values[i, :, :, :n]) for i, n in enumerate(lengths)]
-        tokens = compare(logprobs, seqs, 0)
+        tokens = compare(logprobs, seqs, 0, heads)
         step = 0
         while True:
             live = [i for i, s in enumerate(seqs) if len(s) < cfg.context_length]
@@ -157,13 +160,14 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
                 "past_keys": past_k,
                 "past_values": past_v,
                 "past_mask": past_mask,
+                "head_mask": heads[live],
             }
             logprobs, new_k, new_v, _ = decode.run(None, feed)
             for b, i in enumerate(live):
                 seqs[i].append(tokens[i])
                 k, v = caches[i]
                 caches[i] = (np.concatenate([k, new_k[b]], 2), np.concatenate([v, new_v[b]], 2))
-            for i, t in zip(live, compare(logprobs, [seqs[i] for i in live], step), strict=True):
+            for i, t in zip(live, compare(logprobs, [seqs[i] for i in live], step, heads[live]), strict=True):
                 tokens[i] = t
     log.info("cached decoding parity: worst abs error %.2e over %d trials (tolerance %.0e)", worst, trials, tol)
     return worst

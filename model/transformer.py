@@ -263,8 +263,10 @@ class AttentionLM(nn.Module):
         past_keys: torch.Tensor,
         past_values: torch.Tensor,
         past_mask: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One generation step: a new token per row, attending to its cached past.
+        """One generation step: a new token per row, attending to its cached past (head_mask as in
+        hidden_states: 0 ablates a head).
 
         input_ids (B, 1); positions (B,) the new token's position (the row's length so far);
         past_keys, past_values (B, L, nh, P, hs); past_mask (B, P), 1 where a cache slot is real.
@@ -276,7 +278,13 @@ class AttentionLM(nn.Module):
         allowed = torch.cat([past_mask, own], dim=1).bool()[:, None, None, :]  # (B, 1, 1, P + 1)
         keys, values, weights = [], [], []
         for i, block in enumerate(self.blocks):
-            x, attended = block(x, allowed, need_weights=True, past=(past_keys[:, i], past_values[:, i]))
+            x, attended = block(
+                x,
+                allowed,
+                need_weights=True,
+                past=(past_keys[:, i], past_values[:, i]),
+                head_mask=None if head_mask is None else head_mask[:, i],
+            )
             keys.append(attended.k)
             values.append(attended.v)
             weights.append(attended.weights[:, :, 0])  # (B, nh, P + 1)

@@ -46,11 +46,14 @@ class Problem:
     kind: str  # "invalid", "not_found", "overloaded", "draining", "timeout"
     message: str
     retry: bool = False  # answer with Retry-After: 1
+    field: str | None = None  # the request field to blame, when there is one
 
 
 def core_problem(exc: BaseException) -> Problem | None:
     """The class of a core error, or None for anything else."""
-    if isinstance(exc, InputError | LoadError | ControlError):
+    if isinstance(exc, InputError):
+        return Problem("invalid", str(exc), field=exc.field)
+    if isinstance(exc, LoadError | ControlError):
         return Problem("invalid", str(exc))
     if isinstance(exc, ModelNotFoundError):
         return Problem("not_found", str(exc.args[0] if exc.args else exc))

@@ -158,12 +158,13 @@ class Engine:
             feed[HEAD_MASK] = heads
         return self.sessions[name].run(None, feed)
 
-    def prefill(self, rows: Sequence[np.ndarray]) -> list[Prefilled]:
-        """Run prompts through the prefill graph; each row's cache is cut to its real length."""
-        logprobs, keys, values, attention = self._run_padded("prefill", [Job(r) for r in rows])
+    def prefill(self, rows: Sequence[Job]) -> list[Prefilled]:
+        """Run prompts (with their ablated heads) through the prefill graph; each row's cache is cut
+        to its real length."""
+        logprobs, keys, values, attention = self._run_padded("prefill", rows)
         return [
             Prefilled(logprobs[i], keys[i, :, :, :n], values[i, :, :, :n], attention[i, :, :, :n])
-            for i, n in enumerate(len(r) for r in rows)
+            for i, n in enumerate(len(r.ids) for r in rows)
         ]
 
     def decode(
@@ -173,8 +174,13 @@ class Engine:
         past_keys: np.ndarray,
         past_values: np.ndarray,
         past_mask: np.ndarray,
+        head_mask: np.ndarray | None = None,
     ) -> Decoded:
-        """One step: tokens, positions (B,); past_keys/values (B, L, nh, P, hs); past_mask (B, P)."""
+        """One step: tokens, positions (B,); past_keys/values (B, L, nh, P, hs); past_mask (B, P);
+        head_mask (B, L, nh), every head on when None."""
+        if head_mask is None:
+            arch = self.bundle.arch
+            head_mask = np.ones((len(tokens), arch.n_layer, arch.n_head), dtype=np.float32)
         logprobs, new_keys, new_values, attention = self.sessions["decode"].run(
             None,
             {
@@ -183,6 +189,7 @@ class Engine:
                 "past_keys": past_keys,
                 "past_values": past_values,
                 "past_mask": past_mask,
+                HEAD_MASK: head_mask,
             },
         )
         return Decoded(logprobs, new_keys[:, :, :, 0], new_values[:, :, :, 0], attention)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class InputError(ValueError):
-    """The request asked for something this model cannot do (422)."""
+    """The request asked for something this model cannot do (422). `field` names the request field
+    when one is to blame (OpenAI's errors put it in `param`)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class QueueFullError(RuntimeError):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.core.engine import Engine
+from service.core.engine import Engine, Job
 from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
 from service.core.sampling import Sampler, SamplingParams, top_indices
 
@@ -40,6 +40,7 @@ class GenerationParams:
     min_tokens: int = 0  # stop strings are not looked for before this many tokens (vLLM's min_tokens)
     top_logprobs: int = 0  # alternatives to report per token
     attention: tuple[list[int], list[int]] | None = None  # (layers, heads) to report per token
+    head_mask: np.ndarray | None = None  # (L, nh): 0 where a head is ablated at every step
 
 
 @dataclass
@@ -330,7 +331,8 @@ class Scheduler:
     def _prefill(self, streams: list[GenerationStream]) -> list[tuple[GenerationStream, Step]]:
         L, nh, hs = self._cache_shape
         steps = []
-        for s, out in zip(streams, self.engine.prefill([s.prompt for s in streams]), strict=True):
+        jobs = [Job(s.prompt, s.params.head_mask) for s in streams]
+        for s, out in zip(streams, self.engine.prefill(jobs), strict=True):
             n = len(s.prompt)
             s.keys = np.empty((L, nh, s.reserved, hs), dtype=np.float32)
             s.values = np.empty_like(s.keys)
@@ -353,7 +355,13 @@ class Scheduler:
             past_mask[b, : s.length] = 1
         tokens = np.asarray([s.text.ids[-1] for s in streams], dtype=np.int64)
         positions = np.asarray([s.length for s in streams], dtype=np.int64)
-        out = self.engine.decode(tokens, positions, past_keys, past_values, past_mask)
+        head_mask = None
+        if any(s.params.head_mask is not None for s in streams):
+            head_mask = np.ones((len(streams), L, nh), dtype=np.float32)  # (B, L, nh)
+            for b, s in enumerate(streams):
+                if s.params.head_mask is not None:
+                    head_mask[b] = s.params.head_mask
+        out = self.engine.decode(tokens, positions, past_keys, past_values, past_mask, head_mask)
         steps = []
         for b, s in enumerate(streams):
             assert s.keys is not None and s.values is not None

@@ -124,7 +124,7 @@ class InferenceCore:
         longest = np.arange(self.bundle.context_length, dtype=np.int64) % self.bundle.vocab_size
         for name in ONE_SHOT:
             self.engine.run(name, [Job(longest), Job(longest[:3])])
-        self.engine.prefill([longest[:-1], longest[:3]])
+        self.engine.prefill([Job(longest[:-1]), Job(longest[:3])])
         arch = self.bundle.arch
         cache = np.zeros((2, arch.n_layer, arch.n_head, len(longest) - 1, arch.d_head), dtype=np.float32)
         mask = np.ones((2, len(longest) - 1), dtype=np.int64)
@@ -228,14 +228,14 @@ class InferenceCore:
         mask = np.ones((arch.n_layer, arch.n_head), dtype=np.float32)
         for i, pair in enumerate(ablate):
             if len(pair) != 2:
-                raise InputError(f"{what}[{i}] must be [layer, head], not {list(pair)}")
+                raise InputError(f"{what}[{i}] must be [layer, head], not {list(pair)}", what)
             layer, head = pair
             if not 0 <= layer < arch.n_layer:
                 raise InputError(f"{what}[{i}]: layer {layer} does not exist; the model has {arch.n_layer} layers "
-                                 f"(0..{arch.n_layer - 1})")  # fmt: skip
+                                 f"(0..{arch.n_layer - 1})", what)  # fmt: skip
             if not 0 <= head < arch.n_head:
                 raise InputError(f"{what}[{i}]: head {head} does not exist; the model has {arch.n_head} heads "
-                                 f"(0..{arch.n_head - 1})")  # fmt: skip
+                                 f"(0..{arch.n_head - 1})", what)  # fmt: skip
             mask[layer, head] = 0.0
         return mask
 

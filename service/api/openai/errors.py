@@ -44,7 +44,7 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] 
     problem = core_problem(exc)
     if problem is not None:
         status, kind, code = OPENAI_STATUS[problem.kind]
-        param = "model" if problem.kind == "not_found" else None
+        param = "model" if problem.kind == "not_found" else problem.field
         return status, _body(problem.message, kind, param, code), RETRY_AFTER if problem.retry else None
     log.error("unhandled error in an OpenAI route", exc_info=exc)
     return 500, _body("internal error; see the server log", "server_error"), None

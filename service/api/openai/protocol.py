@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from bundlespec.graphs import TOP_LOGPROBS
+from service.api.native.protocol import AblatedHead
 from service.api.schema import HeadIndex, LayerIndex, TokenId
 
 MAX_N = 16
@@ -74,6 +75,11 @@ class CompletionRequest(BaseModel):
         "[layer][head][key], for these layers and heads. Not in OpenAI's API.",
     )
     # Accepted for compatibility at their neutral values only; anything else is refused.
+    ablate: list[AblatedHead] | None = Field(
+        None,
+        description="attnserve's extension: heads to ablate, as [layer, head] pairs, at every generated step (and "
+        "in the echoed prompt's log-probs). Not in OpenAI's API.",
+    )
     # vLLM's extension fields, which the field's benchmark clients send. This model has no special
     # tokens (no end-of-text, no BOS), so the fields about them change nothing here.
     ignore_eos: bool = Field(

@@ -111,6 +111,7 @@ class OpenAIServing:
                 c.finish_reason = "length"
             return choices, []
         sampling = SamplingParams(req.temperature, req.top_p, max(req.top_k, 0), req.min_p, req.repetition_penalty)
+        head_mask = self.core.head_mask(req.ablate)
         attention = None
         if req.attention is not None:
             attention = self.core.layer_head_indices(req.attention.layers, req.attention.heads)
@@ -136,6 +137,7 @@ class OpenAIServing:
                 seed=None if req.seed is None else (req.seed % 2**64, c.index % req.n),
                 stop=req.stop_strings,
                 min_tokens=req.min_tokens,
+                head_mask=head_mask,
                 top_logprobs=req.logprobs or 0,
                 attention=attention,
             )
@@ -169,7 +171,7 @@ class OpenAIServing:
         """echo with logprobs: the prompt's token log-probs, the first null (as /v1/score gives them)."""
         if not (req.echo and req.logprobs is not None):
             return [None] * len(rows)
-        scores = await self.core.score(rows)
+        scores = await self.core.score(rows, self.core.head_mask(req.ablate))
         out: list[Logprobs | None] = []
         for s in scores:
             ids = s.row.ids.tolist()
