@@ -116,13 +116,13 @@ def toy_http_bench(seconds: float, work: Path) -> dict:
     return {"servers": drive(servers, seconds, work), "body_bytes": len(body)}
 
 
-TRACING_VARIANTS = ("tracing off", "tracing on", "tracing off, no access log")
+TRACING_VARIANTS = ("tracing off", "tracing on", "tracing on, 10% sampled", "tracing off, no access log")
 
 
 def tracing_bench(seconds: float, work: Path) -> dict:
     """What observability costs where it shows most, on the toy model's next-token path: tracing off
     (the default), tracing on (every span exported over OTLP/HTTP to a sink on loopback that answers
-    at once), and the access log off."""
+    at once), tracing on with one trace in ten sampled, and the access log off."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -141,7 +141,8 @@ def tracing_bench(seconds: float, work: Path) -> dict:
     env = service_env(ROOT / "bundles" / "toy" / "1")
     script = wrk_script(work, "/v1/next-token", request_bodies("next-token", ["I do not like"]), "tracing")
     otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}"}
-    variants = (env, {**env, **otlp}, {**env, "ACCESS_LOG": "false"})
+    sampled = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    variants = (env, {**env, **otlp}, {**env, **otlp, **sampled}, {**env, "ACCESS_LOG": "false"})
     servers: Servers = {
         f"service, {name}": ([sys.executable, "-m", "service"], e, "/readyz", script)
         for name, e in zip(TRACING_VARIANTS, variants, strict=True)

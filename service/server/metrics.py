@@ -206,7 +206,8 @@ class _TracedEndpointObserver(_EndpointObserver):
 
     def origin(self) -> Any:
         context = trace.get_current_span().get_span_context()
-        return context if context.is_valid else None
+        # Only a sampled request's batch is traced: an unsampled one costs no span here.
+        return context if context.is_valid and context.trace_flags.sampled else None
 
     def batch_traced(self, origins: list[Any], enqueued: list[float], started: float, finished: float) -> None:
         to_ns = time.time_ns() - time.perf_counter_ns()  # perf_counter() seconds -> epoch nanoseconds
