@@ -17,7 +17,8 @@ from starlette.exceptions import HTTPException
 from service.api.budget import reservation
 from service.api.deps import Registry, note
 from service.api.kserve.codec import HEADER_LENGTH, InferRequestHeader, V2Error, decompress, parse_request
-from service.api.kserve.serving import MAX_INPUT_RANK, MODELS, Target, V2Serving
+from service.api.kserve.jobs import MAX_INPUT_RANK, MODELS
+from service.api.kserve.serving import Target, V2Serving
 from service.api.plugin import RETRY_AFTER, Protocol, core_problem
 from service.api.problems import summary
 from service.api.strict import ProtocolRoute

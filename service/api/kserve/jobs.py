@@ -1,0 +1,246 @@
+"""attnserve's jobs as Open Inference Protocol (KServe v2) models: each job's outputs, parameters and
+the call on the core that answers it. serving.py maps model names and requests onto these."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bundlespec.graphs import LENS_TOP
+from service.api.budget import Reservation
+from service.api.kserve.codec import BYTES, Output, V2Error
+from service.core.inference import InferenceCore, Row
+
+PAD_ID = -1  # token_ids padding: never a real token
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    datatype: str
+    shape: list[int]
+    description: str
+    optional: bool = False
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    types: tuple[type, ...]  # the JSON types it takes; a bool counts only where bool is listed
+    description: str
+
+
+@dataclass(frozen=True)
+class V2Model:
+    name: str
+    description: str
+    outputs: list[TensorMeta]
+    params: list[Param]
+    run: Callable[[InferenceCore, list[Row], dict[str, Any], set[str], Reservation | None], Awaitable[list[Output]]]
+    classified: str | None = None  # the output that the classification extension applies to
+
+
+INPUTS = (
+    TensorMeta("text", BYTES, [-1], "UTF-8 texts, one per row (shape [-1] or [-1, 1])", optional=True),
+    TensorMeta("input_ids", "INT64", [-1, -1], "token ids, one row per input, instead of text", optional=True),
+    TensorMeta("attention_mask", "INT64", [-1, -1], "1 for the row's tokens, 0 for padding", optional=True),
+)
+INPUTS_BY_NAME = {t.name: t for t in INPUTS}
+MAX_INPUT_RANK = 2  # text may be [rows, 1]; input_ids and attention_mask are [rows, tokens]
+
+
+COMMON_PARAMS = [
+    Param("truncate", (bool,), "keep the last context_length tokens of a longer input instead of a 400"),
+    Param("ablate", (str,), 'heads to ablate, as "layer.head" pairs: "0.2,1.3" (their outputs are zeroed)'),
+]
+
+
+def _head_mask(core: InferenceCore, params: dict[str, Any]) -> np.ndarray | None:
+    """v2 parameters are scalars, so the heads to ablate come as "0.2,1.3"."""
+    value = params.get("ablate")
+    if not value:
+        return None
+    pairs = []
+    for part in value.split(","):
+        layer, dot, head = part.strip().partition(".")
+        if not (dot and layer.isdigit() and head.isdigit()):
+            raise V2Error(f'parameter \'ablate\' takes "layer.head" pairs like "0.2,1.3", not {value!r}')
+        pairs.append((int(layer), int(head)))
+    return core.head_mask(pairs, "ablate")
+
+
+def _lengths(rows: list[Row]) -> Output:
+    return Output("lengths", "INT64", np.array([len(r.ids) for r in rows], dtype=np.int64), (len(rows),))
+
+
+def _token_ids(rows: list[Row], width: int) -> Output:
+    ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r.ids)] = r.ids
+    return Output("token_ids", "INT64", ids, ids.shape)
+
+
+async def _next_token(
+    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
+) -> list[Output]:
+    temperature = params.get("temperature", 1.0)
+    if not 1e-3 <= temperature <= 100:
+        raise V2Error(f"parameter 'temperature' must be between 0.001 and 100, not {temperature}")
+    logprobs = np.stack(await core.next_token_logprobs(rows, temperature, _head_mask(core, params))).astype(np.float32)
+    return [Output("next_token_logprobs", "FP32", logprobs, logprobs.shape), _lengths(rows)]
+
+
+# Bytes held per weight of the padded answer: the float32 array, then its binary or JSON form.
+ATTENTION_BYTES = 4 + 10
+
+
+async def _attention(
+    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], held: Reservation | None
+) -> list[Output]:
+    layers, heads = (_index_list(params.get(p), p) for p in ("layers", "heads"))
+    width = max(len(r.ids) for r in rows)
+
+    def reserve(returned: int) -> None:
+        if held is not None and "attention_weights" in wanted:
+            padded = returned // sum(len(r.ids) ** 2 for r in rows) * len(rows) * width**2
+            held.take(padded * ATTENTION_BYTES)
+
+    maps = await core.attention(rows, layers, heads, reserve, _head_mask(core, params))
+    layers_, heads_ = maps[0].layers, maps[0].heads
+    out = [_lengths(rows), _token_ids(rows, width)]
+    out.append(Output("layers", "INT64", np.array(layers_, dtype=np.int64), (len(layers_),)))
+    out.append(Output("heads", "INT64", np.array(heads_, dtype=np.int64), (len(heads_),)))
+    if "attention_weights" in wanted:
+        weights = np.zeros((len(rows), len(layers_), len(heads_), width, width), dtype=np.float32)
+        for i, m in enumerate(maps):
+            n = len(m.row.ids)
+            weights[i, :, :, :n, :n] = m.weights
+        out.insert(0, Output("attention_weights", "FP32", weights, weights.shape))
+    return out
+
+
+async def _score(
+    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
+) -> list[Output]:
+    scores = await core.score(rows, _head_mask(core, params))
+    width = max(len(r.ids) for r in rows)
+    logprobs = np.zeros((len(rows), max(width - 1, 0)), dtype=np.float32)
+    for i, s in enumerate(scores):
+        logprobs[i, : len(s.logprobs)] = s.logprobs
+    return [Output("token_logprobs", "FP32", logprobs, logprobs.shape), _lengths(rows), _token_ids(rows, width)]
+
+
+async def _logit_lens(
+    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
+) -> list[Output]:
+    top_k = params.get("top_k", 5)
+    lens = await core.logit_lens(rows, top_k, _head_mask(core, params))
+    width = max(len(r.ids) for r in rows)
+    depth = lens[0][0].shape[0]
+    logprobs = np.zeros((len(rows), depth, width, top_k), dtype=np.float32)
+    ids = np.full((len(rows), depth, width, top_k), PAD_ID, dtype=np.int64)
+    for i, (lp, top) in enumerate(lens):
+        n = lp.shape[1]
+        logprobs[i, :, :n], ids[i, :, :n] = lp, top
+    return [
+        Output("lens_logprobs", "FP32", logprobs, logprobs.shape),
+        Output("lens_token_ids", "INT64", ids, ids.shape),
+        _lengths(rows),
+    ]
+
+
+def _index_list(value: Any, name: str) -> list[int] | None:
+    """v2 parameters are scalars, so a list of indices comes as an int or as "0,2,3"."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return [value]
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError as e:
+        raise V2Error(
+            f'parameter {name!r} must be an index or comma-separated indices like "0,2", not {value!r}'
+        ) from e
+
+
+LENGTHS = TensorMeta("lengths", "INT64", [-1], "tokens in each row (after truncation)")
+TOKEN_IDS = TensorMeta("token_ids", "INT64", [-1, -1], f"each row's tokens, padded with {PAD_ID}")
+
+MODELS: dict[str, V2Model] = {
+    m.name: m
+    for m in (
+        V2Model(
+            "next_token",
+            "log-probabilities of the next token after each row",
+            [
+                TensorMeta("next_token_logprobs", "FP32", [-1, -2], "log p(next token) over the vocabulary"),
+                LENGTHS,
+            ],
+            [*COMMON_PARAMS, Param("temperature", (int, float), "softmax temperature (0.001 to 100)")],
+            _next_token,
+            classified="next_token_logprobs",
+        ),
+        V2Model(
+            "attention",
+            "softmax attention weights per layer and head, aligned to each row's tokens",
+            [
+                TensorMeta(
+                    "attention_weights",
+                    "FP32",
+                    [-1, -1, -1, -1, -1],
+                    "[row, layer, head, query, key]: each real query row sums to 1; keys after the query are 0",
+                ),
+                LENGTHS,
+                TOKEN_IDS,
+                TensorMeta("layers", "INT64", [-1], "the layer index of each entry of the layer axis"),
+                TensorMeta("heads", "INT64", [-1], "the head index of each entry of the head axis"),
+            ],
+            [
+                *COMMON_PARAMS,
+                Param("layers", (str, int), 'layer indices, as an int or "0,2"; all by default'),
+                Param("heads", (str, int), 'head indices, as an int or "0,2"; all by default'),
+            ],
+            _attention,
+        ),
+        V2Model(
+            "score",
+            "log p(token t+1 | tokens <= t) for each row",
+            [
+                TensorMeta("token_logprobs", "FP32", [-1, -1], "[row, position]: lengths - 1 values per row, then 0"),
+                LENGTHS,
+                TOKEN_IDS,
+            ],
+            COMMON_PARAMS,
+            _score,
+        ),
+        V2Model(
+            "logit_lens",
+            "each layer's prediction: the residual stream after the embeddings and after every block, read "
+            "through the final LayerNorm and the unembedding (the top k per layer and position)",
+            [
+                TensorMeta(
+                    "lens_logprobs",
+                    "FP32",
+                    [-1, -1, -1, -1],
+                    "[row, layer (0: embeddings .. n_layer: the output), position, k]: log-probs, most likely "
+                    "first; positions past a row's length are 0",
+                ),
+                TensorMeta(
+                    "lens_token_ids", "INT64", [-1, -1, -1, -1], f"the tokens of lens_logprobs ({PAD_ID}: padding)"
+                ),
+                LENGTHS,
+            ],
+            [*COMMON_PARAMS, Param("top_k", (int,), f"tokens per layer and position, 1 to {LENS_TOP} (default 5)")],
+            _logit_lens,
+        ),
+    )
+}
+
+# Parameters that tritonclient or the protocol itself sends; handled here, never passed on.
+PROTOCOL_PARAMS = {"binary_data_output"}
