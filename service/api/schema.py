@@ -16,6 +16,21 @@ TokenId = Annotated[int, Field(ge=0, json_schema_extra={BOUND_MARK: "token_id"})
 LayerIndex = Annotated[int, Field(ge=0, json_schema_extra={BOUND_MARK: "layer"})]
 HeadIndex = Annotated[int, Field(ge=0, json_schema_extra={BOUND_MARK: "head"})]
 TOP_K: dict[str, Any] = {BOUND_MARK: "top_k"}
+# [layer, head]: a JSON array of two (a tuple would not take JSON's array in strict mode); the schema
+# gives each place its own bound, and the core names an index that is out of range (422).
+AblatedHead = Annotated[
+    list[Annotated[int, Field(ge=0)]],
+    Field(
+        min_length=2,
+        max_length=2,
+        json_schema_extra={
+            "prefixItems": [
+                {"type": "integer", "minimum": 0, BOUND_MARK: "layer"},
+                {"type": "integer", "minimum": 0, BOUND_MARK: "head"},
+            ]
+        },
+    ),
+]
 
 
 def model_bounds(vocab_size: int, n_layer: int, n_head: int) -> dict[str, int]:

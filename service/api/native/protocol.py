@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bundlespec.graphs import LENS_TOP
-from service.api.schema import BOUND_MARK, TOP_K, HeadIndex, LayerIndex, TokenId, exactly_one_of
+from service.api.schema import TOP_K, AblatedHead, HeadIndex, LayerIndex, TokenId, exactly_one_of
 
 NonEmptyText = Annotated[str, Field(min_length=1)]
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
@@ -41,23 +41,6 @@ class Inputs(BaseModel):
     @property
     def count(self) -> int:
         return len(self.texts if self.texts is not None else self.token_ids or [])
-
-
-# [layer, head]: a JSON array of two (a tuple would not take JSON's array in strict mode); the schema
-# gives each place its own bound, and the core names an index that is out of range (422).
-AblatedHead = Annotated[
-    list[Annotated[int, Field(ge=0)]],
-    Field(
-        min_length=2,
-        max_length=2,
-        json_schema_extra={
-            "prefixItems": [
-                {"type": "integer", "minimum": 0, BOUND_MARK: "layer"},
-                {"type": "integer", "minimum": 0, BOUND_MARK: "head"},
-            ]
-        },
-    ),
-]
 
 
 class Ablatable(BaseModel):

@@ -7,8 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from bundlespec.graphs import TOP_LOGPROBS
-from service.api.native.protocol import AblatedHead
-from service.api.schema import HeadIndex, LayerIndex, TokenId
+from service.api.schema import AblatedHead, HeadIndex, LayerIndex, TokenId
 
 MAX_N = 16
 NonEmpty = Annotated[str, Field(min_length=1)]
