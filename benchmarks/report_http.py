@@ -83,12 +83,12 @@ def toy_report(results: dict, docs: Path) -> list[str]:
         )
     before_file = docs / "toy_http_before.json"
     if before_file.exists():
-        # The lean-path change, measured with this section before it (its commit) and in this run after.
+        # The last request-path change, measured with this section before it (its commit) and in this run after.
         before = json.loads(before_file.read_text())
         then = {p["concurrency"]: p for p in before["servers"]["service, toy model"]}
         out += [
             "",
-            f"The request path before and after the lean-path change (before: commit {before['commit']}, "
+            f"The request path before and after the last request-path change (before: commit {before['commit']}, "
             f"`{before['note']}`; after: this run):",
             "",
             "| clients | loop µs/request before | after | req/s before | after |",

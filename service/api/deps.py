@@ -30,8 +30,15 @@ def note(request: Request) -> dict[str, Any]:
 def lease(request: Request, name: str | None, version: str | None = None) -> InferenceCore:
     """The serving version of the named model (the default model when None), held for this request;
     raises ModelNotFoundError (each protocol renders it as its own 404)."""
-    held = request.app.state.registry.lease(name, version)
-    request.scope.setdefault(LEASES_KEY, []).append(held)
+    return lease_in(request.scope, request.app.state.registry, name, version)
+
+
+def lease_in(
+    scope: MutableMapping[str, Any], registry: ModelRegistry, name: str | None, version: str | None = None
+) -> InferenceCore:
+    """lease() for a handler that has the ASGI scope rather than a Request."""
+    held = registry.lease(name, version)
+    scope.setdefault(LEASES_KEY, []).append(held)
     return held.core
 
 

@@ -8,8 +8,9 @@ itself), whether a path runs the model (refused while draining) and whether it c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.types import ASGIApp
@@ -36,6 +37,8 @@ class Protocol:
     owns: Callable[[str], bool] = lambda path: False  # paths whose errors take this protocol's shape
     takes_work: Callable[[str], bool] = lambda path: False  # paths that run a model
     changes_server: Callable[[str], bool] = lambda path: False  # paths that need an admin key
+    # (method, path) -> a handler that answers a JSON body without the framework (scope, body, app state)
+    lean: Mapping[tuple[str, str], Callable[..., Awaitable[Any]]] = field(default_factory=dict)
     openapi_tags: list[str] = field(default_factory=list)
 
 

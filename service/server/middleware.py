@@ -52,6 +52,7 @@ class RequestContext:
         self.default, self.protocols = protocols[0], protocols[1:]
         self.takes_work = [p.takes_work for p in protocols]
         self.changes_server = [p.changes_server for p in protocols]
+        self.lean = {key: handler for p in protocols for key, handler in p.lean.items()}
         self.admin_keys = [k.encode() for k in settings.admin_key_list()]
         self.metrics = metrics
         self.max_body_bytes = settings.max_body_bytes
@@ -136,6 +137,20 @@ class RequestContext:
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
 
+            lean = self.lean.get((scope["method"], path))
+            if lean is not None and body and headers.get(b"content-type", b"").startswith(b"application/json"):
+                try:
+                    response = await lean(scope, body, self.state)
+                except Exception:
+                    log.exception("unhandled error, id=%s", request_id)
+                    await reply(500, "internal_error", "internal error; see the server log")
+                    return
+                if response is not None:  # None: not a body the lean handler takes; the framework answers
+                    scope["route"] = LeanRoute(path)  # the metrics' label, as the framework's route gives it
+                    await response(scope, replay, send_with_id)
+                    if connection is not None and not await connection.flushed():
+                        status = 499
+                    return
             try:
                 await self.app(scope, replay, send_with_id)
             except Exception:
@@ -222,6 +237,17 @@ class RequestContext:
 
 
 TOO_LARGE, GONE = object(), object()
+
+
+class LeanRoute:
+    """What scope["route"] holds for a lean handler: its path, as a framework route has."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
 UNAUTHORIZED = "a valid API key is needed: send it as 'Authorization: Bearer KEY'"
 FORBIDDEN = "changing the models needs an admin key (ADMIN_API_KEYS)"
 

@@ -11,6 +11,7 @@ from service.api.budget import reservation
 from service.api.deps import lease, note
 from service.api.native import serving
 from service.api.native.errors import error_response, render_error
+from service.api.native.lean import LEAN
 from service.api.native.protocol import (
     AttentionRequest,
     AttentionResponse,
@@ -99,4 +100,5 @@ protocol = Protocol(
     [router, ops.router],
     render_error,
     takes_work=lambda path: path.startswith("/v1/"),
+    lean=LEAN,
 )
