@@ -68,8 +68,14 @@ int8: $(VENV)/.dev
 	.venv-triton/bin/python -m pip --disable-pip-version-check -q install nvidia-pytriton==0.7.0 onnxruntime tokenizers pydantic
 	touch $@
 
+# NVIDIA's aiperf for the generation section, in its own venv too (it brings transformers and its own pins).
+.venv-aiperf/.ok:
+	$(PYTHON) -m venv .venv-aiperf
+	.venv-aiperf/bin/python -m pip --disable-pip-version-check -q install aiperf==0.13.0
+	touch $@
+
 # Engine and serving benchmarks: rewrites BENCHMARKS.md and docs/bench/ (needs wrk: apt-get install wrk).
-bench: $(VENV)/.dev .venv-triton/.ok
+bench: $(VENV)/.dev .venv-triton/.ok .venv-aiperf/.ok
 	$(PY) -m benchmarks --corpus $(CORPUS)
 
 clean:

@@ -23,6 +23,7 @@ from benchmarks.engine import engine_bench, plot_engine
 from benchmarks.generation import generation_bench
 from benchmarks.int8 import int8_bench
 from benchmarks.report import machine_info, write_reports
+from loadtest.aiperf import aiperf_bench
 from loadtest.harness import ROOT
 from loadtest.serving import (
     client_check,
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last results.json")
     p.add_argument(
         "--only",
-        choices=["generation", "payload", "kserve", "explorer", "int8", "toy", "tracing", "interpretability"],
+        choices=["generation", "payload", "kserve", "explorer", "int8", "toy", "tracing", "interpretability", "aiperf"],
         help="re-run one section (kserve: the service and Triton on the same v2 requests) and rewrite the report",
     )
     p.add_argument(
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["toy_http"] = toy_http_bench(args.seconds, Path(tmp))
             elif args.only == "tracing":
                 results["tracing"] = tracing_bench(args.seconds, Path(tmp))
+            elif args.only == "aiperf":
+                results["aiperf"] = aiperf_bench(args.bundle, Path(tmp))
             elif args.only == "interpretability":
                 results["interpretability"] = interpretability_bench(args.bundle, Path(tmp))
             elif args.only == "int8":
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         results["toy_http"] = toy_http_bench(args.seconds, work)
         results["tracing"] = tracing_bench(args.seconds, work)
         results["interpretability"] = interpretability_bench(args.bundle, work)
+        results["aiperf"] = aiperf_bench(args.bundle, work)
         results["generation"] = generation_bench(args.bundle)
         results["payload"] = payload_bench(args.bundle, work)
         results["explorer"] = explorer_bench(args.bundle, work)

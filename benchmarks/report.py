@@ -14,6 +14,7 @@ from benchmarks.generation import generation_report
 from benchmarks.int8 import int8_report
 from benchmarks.report_http import (
     _kserve_workloads,
+    aiperf_report,
     explorer_report,
     interpretability_report,
     kserve_report,
@@ -129,6 +130,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         *toy_report(results, docs),
         *tracing_report(results),
         *interpretability_report(results),
+        *aiperf_report(results),
         *generation_report(results),
         *payload_report(results),
         *explorer_report(results),

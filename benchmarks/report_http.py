@@ -11,6 +11,38 @@ from loadtest.serving import TRACING_VARIANTS
 from loadtest.triton import TRITON
 
 
+def aiperf_report(results: dict) -> list[str]:
+    r = results.get("aiperf")
+    if not r:
+        return []
+    by = {p["streams"]: p for p in r["points"]}
+    out = [
+        "## The field's benchmark client: aiperf",
+        "",
+        f"NVIDIA's aiperf ({r['aiperf']}), unmodified, from its own virtual environment, against the service on the "
+        "committed Shakespeare model: `/v1/completions` streamed, the bundle's own tokenizer from a local "
+        f"directory, {r['prompt_tokens']}-token synthetic prompts and {r['output_tokens']} output tokens each "
+        "(`ignore_eos`, greedy). Request count 4 x the streams (at least 8), after a warm-up.",
+        "",
+        "| streams | output tokens/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | inter-token p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in r["points"]:
+        out.append(
+            f"| {p['streams']} | {p['output_tokens_per_s']:.0f} | {p['ttft_p50_ms']:.1f} | {p['ttft_p99_ms']:.1f} | "
+            f"{p['itl_p50_ms']:.2f} | {p['itl_p99_ms']:.2f} | {p['errors']} |"
+        )
+    if 1 in by and 8 in by and 32 in by:
+        one, eight, many = (by[s]["output_tokens_per_s"] for s in (1, 8, 32))
+        out += [
+            "",
+            f"Tokens/s at 32 streams: {many / one:.1f}x one stream (target >= 4x: {verdict(many >= 4 * one)}), "
+            f"{many / eight:.2f}x 8 streams (target >= 1.5x: {verdict(many >= 1.5 * eight)}). The KV cache that "
+            "does not move (issue 19, item 1) is the change these targets wait on.",
+        ]
+    return [*out, ""]
+
+
 def interpretability_report(results: dict) -> list[str]:
     r = results.get("interpretability")
     if not r:
