@@ -37,6 +37,49 @@ class _HeadersTooLarge(Exception):
     pass
 
 
+class _CoalescingTransport:
+    """The connection's transport, with the small writes of one event-loop turn sent as one.
+
+    uvicorn writes an answer's head and its body separately. A replica killed between the two
+    leaves a proxy with a head it has already passed on and a body that never comes (it can retry
+    nothing then); and if the kernel resets the connection, a body still in the send buffer is
+    dropped. One write puts head and body in one segment: the proxy gets all of it or none.
+    Large writes (attention answers) go at once, after what is pending, without a copy.
+    """
+
+    SMALL = 65536
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if len(data) > self.SMALL:
+            self._flush()
+            self._transport.write(data)
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data, self._pending = b"".join(self._pending), []
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(p) for p in self._pending)
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the transport's own
+        return getattr(self._transport, name)
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with the limits of service.server.settings (set on a subclass by guarded_protocol())."""
 
@@ -74,6 +117,7 @@ class GuardedProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
+        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self._accepted = True
         self._event("opened")
         self._arm(self.header_timeout_s, self._header_timeout)
