@@ -309,9 +309,9 @@ class InferenceCore:
         outputs = await self._run("logit_lens", rows, head_mask)
         return [(lp[:, :, :top_k], ids[:, :, :top_k]) for lp, ids in outputs]
 
-    async def head_importance(self, rows: list[Row]) -> list[np.ndarray]:
-        """Each row's (L, nh) importance: the mean over positions of log p(next token) with that one
-        head ablated, minus the same with every head on. The L x nh ablated copies and the plain one
+    async def head_importance(self, rows: list[Row]) -> list[tuple[float, np.ndarray]]:
+        """Each row's mean log p(next token) with every head on, and its (L, nh) importance: the same
+        mean with that one head ablated, minus it. The L x nh ablated copies and the plain one
         run as rows of the score batcher, so they share batches (with each other and other requests)."""
         arch = self.bundle.arch
         L, nh = arch.n_layer, arch.n_head
@@ -333,7 +333,7 @@ class InferenceCore:
         out = []
         for i in range(len(rows)):
             means = np.array([float(o[0].mean()) for o in outputs[i * copies : (i + 1) * copies]])  # (copies,)
-            out.append((means[1:] - means[0]).reshape(L, nh))
+            out.append((float(means[0]), (means[1:] - means[0]).reshape(L, nh)))
         return out
 
     def generate(self, requests: Sequence[tuple[Row, GenerationParams]]) -> list[GenerationStream]:

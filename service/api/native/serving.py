@@ -133,15 +133,14 @@ async def logit_lens(core: InferenceCore, req: LogitLensRequest) -> bytes:
 
 async def head_importance(core: InferenceCore, req: HeadImportanceRequest) -> HeadImportanceResponse:
     inputs = await rows(core, req)
-    scores = await core.score(inputs)  # the plain run's own numbers, as /v1/score gives them
     out = []
-    for row, plain, importance in zip(inputs, scores, await core.head_importance(inputs), strict=True):
+    for row, (mean, importance) in zip(inputs, await core.head_importance(inputs), strict=True):
         ids = row.ids.tolist()
         out.append(
             HeadImportanceResult(
                 tokens=[core.token_text[t] for t in ids],
                 token_ids=ids,
-                mean_logprob=float(plain.logprobs.mean()),
+                mean_logprob=mean,
                 importance=importance.tolist(),
             )
         )
