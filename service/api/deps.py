@@ -37,9 +37,14 @@ def lease_in(
     scope: MutableMapping[str, Any], registry: ModelRegistry, name: str | None, version: str | None = None
 ) -> InferenceCore:
     """lease() for a handler that has the ASGI scope rather than a Request."""
+    return hold(scope, registry, name, version).core
+
+
+def hold(scope: MutableMapping[str, Any], registry: ModelRegistry, name: str | None, version: str | None) -> Lease:
+    """The lease itself (its served version says which version answers), held until the answer has left."""
     held = registry.lease(name, version)
     scope.setdefault(LEASES_KEY, []).append(held)
-    return held.core
+    return held
 
 
 def release_leases(scope: MutableMapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from bundlespec import MANIFEST_FILE
+from bundlespec import MANIFEST_FILE, BundleFormatError, read_manifest
 from service.core.bundle import Bundle, load_bundle
 from service.core.config import CoreConfig, CoreObservers
 from service.core.errors import BundleError, LoadError, ModelNotFoundError
@@ -163,11 +163,12 @@ class ModelRegistry:
     def available(self) -> dict[str, dict[str, Path]]:
         """What the repository holds now: {name: {version: path}}."""
         if self.single is not None:
+            # The manifest alone names it: the whole bundle is checked once, when it loads.
             try:
-                bundle = self._open(self.single)
-            except BundleError:
+                manifest = read_manifest(self.single)
+            except BundleFormatError:
                 return {self.single.name: {"1": self.single}}
-            return {bundle.name: {bundle.version: self.single}}
+            return {manifest.name: {manifest.version: self.single}}
         assert self.repository is not None
         return scan(self.repository)
 

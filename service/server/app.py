@@ -30,6 +30,7 @@ from service.api.native.routes import protocol as native
 from service.api.openai.routes import protocol as openai
 from service.api.plugin import Protocol
 from service.api.schema import fill_bounds, model_bounds
+from service.core.bundle import Bundle, load_bundle
 from service.core.errors import LoadError
 from service.core.registry import ModelRegistry
 from service.server.metrics import Metrics
@@ -43,8 +44,13 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PROTOCOLS: tuple[Protocol, ...] = (native, openai, kserve)
 
 
-def make_registry(settings: Settings, metrics: Metrics) -> ModelRegistry:
-    """MODEL_DIR (one bundle) when it is set, else the repository."""
+def make_registry(settings: Settings, metrics: Metrics, checked: Bundle | None = None) -> ModelRegistry:
+    """MODEL_DIR (one bundle) when it is set, else the repository. `checked`: MODEL_DIR's bundle,
+    already opened and verified at start, so that it is not read and hashed again."""
+
+    def open_bundle(path: Path) -> Bundle:
+        return checked if checked is not None and path == checked.path else load_bundle(path)
+
     return ModelRegistry(
         settings.core_config(),
         metrics,
@@ -53,16 +59,19 @@ def make_registry(settings: Settings, metrics: Metrics) -> ModelRegistry:
         default_model=settings.default_model,
         max_loaded=settings.max_loaded_models,
         retire_grace_s=settings.request_timeout_s,
+        open_bundle=open_bundle,
     )
 
 
-def create_app(settings: Settings, protocols: tuple[Protocol, ...] = PROTOCOLS) -> FastAPI:
+def create_app(
+    settings: Settings, protocols: tuple[Protocol, ...] = PROTOCOLS, checked: Bundle | None = None
+) -> FastAPI:
     tracing = setup_tracing(__version__)
     if tracing is not None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(TraceIds())
     metrics = Metrics(tracer=tracing.get_tracer("attnserve") if tracing else None)
-    registry = make_registry(settings, metrics)
+    registry = make_registry(settings, metrics, checked)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

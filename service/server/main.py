@@ -55,13 +55,13 @@ def main() -> int:
         return 2
     setup_logging(settings.log_level, settings.log_format)
     try:
-        if settings.model_dir is not None:
-            load_bundle(settings.model_dir)  # one bundle was asked for: a bad one stops the start, with why
+        # One bundle was asked for: a bad one stops the start, with why (and a good one loads as it is).
+        checked = load_bundle(settings.model_dir) if settings.model_dir is not None else None
         choose_providers(settings.device)
     except (BundleError, DeviceError) as e:
         log.error("cannot start: %s", e)
         return 2
-    app = create_app(settings)
+    app = create_app(settings, checked=checked)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -22,7 +22,7 @@ import numpy as np
 
 from service import __version__
 from service.api.budget import Reservation
-from service.api.deps import LEASES_KEY, lease
+from service.api.deps import hold
 from service.api.kserve.codec import BYTES, InferRequest, Output, Tensor, V2Error, encode_response
 from service.api.kserve.jobs import INPUTS, INPUTS_BY_NAME, MODELS, PROTOCOL_PARAMS, V2Model
 from service.core.errors import ModelNotFoundError
@@ -75,9 +75,8 @@ class V2Serving:
 
     def target(self, request: Any, name: str, version: str | None) -> Target:
         model, job = self.split(name)
-        core = lease(request, model, version or None)
-        served_version = request.scope[LEASES_KEY][-1].served.version
-        return Target(name, job, core, served_version)
+        held = hold(request.scope, self.registry, model, version or None)
+        return Target(name, job, held.core, held.served.version)
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "attnserve", "version": __version__, "extensions": EXTENSIONS}
