@@ -37,6 +37,17 @@ def toy_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_toy_bundle(tmp_path_factory.mktemp("bundle") / "toy")
 
 
+def model_repository(tmp: Path, toy: Path, *, shakespeare: bool = True) -> Path:
+    """A repository of the toy model (version 1) and, unless told not to, the Shakespeare model."""
+    repo = tmp / "repo"
+    (repo / "toy").mkdir(parents=True)
+    (repo / "toy" / "1").symlink_to(toy)
+    if shakespeare:
+        (repo / "attnserve-shakespeare").mkdir()
+        (repo / "attnserve-shakespeare" / "1").symlink_to(DEFAULT_BUNDLE)
+    return repo
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,17 +14,7 @@ import openai
 import pytest
 import tritonclient.http as triton
 
-from tests.conftest import DEFAULT_BUNDLE, metric_value
-
-
-def repository(tmp: Path, toy: Path, *, shakespeare: bool = True) -> Path:
-    repo = tmp / "repo"
-    (repo / "toy").mkdir(parents=True)
-    (repo / "toy" / "1").symlink_to(toy)
-    if shakespeare:
-        (repo / "attnserve-shakespeare").mkdir()
-        (repo / "attnserve-shakespeare" / "1").symlink_to(DEFAULT_BUNDLE)
-    return repo
+from tests.conftest import DEFAULT_BUNDLE, metric_value, model_repository
 
 
 def serve(server_factory, toy, repo: Path, **env):
@@ -45,7 +35,7 @@ def two_models(toy_bundle, tmp_path_factory):
     from tests.conftest import start_server
 
     tmp = tmp_path_factory.mktemp("two")
-    s = start_server(toy_bundle, tmp, model_dir="", model_repository=repository(tmp, toy_bundle))
+    s = start_server(toy_bundle, tmp, model_dir="", model_repository=model_repository(tmp, toy_bundle))
     yield s
     s.stop()
 
@@ -96,7 +86,7 @@ def _ready(client, name: str, version: str) -> bool:
 
 
 def test_unload_and_load_need_explicit_mode_and_an_admin_key(toy_bundle, server_factory, tmp_path):
-    repo = repository(tmp_path, toy_bundle, shakespeare=False)
+    repo = model_repository(tmp_path, toy_bundle, shakespeare=False)
     (repo / "other").mkdir()
     (repo / "other" / "1").symlink_to(toy_bundle)
     user, admin = {"Authorization": "Bearer user"}, {"Authorization": "Bearer admin"}
@@ -120,7 +110,7 @@ def test_unload_and_load_need_explicit_mode_and_an_admin_key(toy_bundle, server_
 
 
 def test_a_broken_model_is_listed_unavailable_and_the_others_serve(toy_bundle, server_factory, tmp_path):
-    repo = repository(tmp_path, toy_bundle, shakespeare=False)
+    repo = model_repository(tmp_path, toy_bundle, shakespeare=False)
     broken = repo / "broken" / "1"
     shutil.copytree(toy_bundle, broken)
     (broken / "weights.bin").write_bytes(b"x")
@@ -193,7 +183,7 @@ def test_a_swap_under_load_fails_no_request_and_frees_the_old_version(
 
 
 def test_poll_picks_up_a_new_version_and_a_removed_model(toy_bundle, server_factory, tmp_path):
-    repo = repository(tmp_path, toy_bundle, shakespeare=False)
+    repo = model_repository(tmp_path, toy_bundle, shakespeare=False)
     (repo / "gone").mkdir()
     (repo / "gone" / "1").symlink_to(toy_bundle)
     s = serve(server_factory, toy_bundle, repo, model_control_mode="poll", repository_poll_s=0.3, default_model="toy")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from loadtest.browser import CHROMIUM, FLAGS, full_context_text
-from tests.conftest import DEFAULT_BUNDLE, Server, start_server
+from tests.conftest import DEFAULT_BUNDLE, Server, model_repository, start_server
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
@@ -281,12 +281,17 @@ def test_a_server_with_api_keys_asks_the_page_for_one(browser, toy_bundle, serve
         page.close()
 
 
-def test_the_model_picker_switches_between_the_repositorys_models(browser, toy_bundle, server_factory, tmp_path):
-    repo = tmp_path / "repo"
-    for name, bundle in (("attnserve-shakespeare", DEFAULT_BUNDLE), ("toy", toy_bundle)):
-        (repo / name).mkdir(parents=True)
-        (repo / name / "1").symlink_to(bundle)
-    server = server_factory(toy_bundle, model_dir="", model_repository=repo)
+@pytest.fixture(scope="module")
+def two_models(toy_bundle, tmp_path_factory) -> Iterator[Server]:
+    """The server on a repository of the Shakespeare and the toy model."""
+    tmp = tmp_path_factory.mktemp("two-models")
+    server = start_server(toy_bundle, tmp, model_dir="", model_repository=model_repository(tmp, toy_bundle))
+    yield server
+    server.stop()
+
+
+def test_the_model_picker_switches_between_the_repositorys_models(browser, two_models):
+    server = two_models
     p = Page(browser, server)
     try:
         p.open(f"text={quote('we do like')}")
@@ -310,12 +315,8 @@ def test_the_model_picker_switches_between_the_repositorys_models(browser, toy_b
         p.close()
 
 
-def test_two_models_side_by_side_on_the_same_text(browser, toy_bundle, server_factory, tmp_path):
-    repo = tmp_path / "repo"
-    for name, bundle in (("attnserve-shakespeare", DEFAULT_BUNDLE), ("toy", toy_bundle)):
-        (repo / name).mkdir(parents=True)
-        (repo / name / "1").symlink_to(bundle)
-    server = server_factory(toy_bundle, model_dir="", model_repository=repo)
+def test_two_models_side_by_side_on_the_same_text(browser, two_models):
+    server = two_models
     p = Page(browser, server)
     try:
         p.page.goto(
