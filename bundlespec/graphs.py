@@ -21,11 +21,18 @@ generation can run with heads ablated):
     prefill      input_ids, attention_mask [batch, seq] -> next_token_logprobs [batch, vocab],
                  keys, values [batch, layers, heads, seq, d_head] (every prompt position),
                  last_attention [batch, layers, heads, seq] (the last real token's weights)
-    decode       input_ids [batch, 1], positions [batch] (each row's length so far),
-                 past_keys, past_values [batch, layers, heads, past, d_head], past_mask [batch, past]
-                 -> next_token_logprobs [batch, vocab], new_keys, new_values [batch, layers, heads,
-                 1, d_head] (the cache's growth: the caller appends them after the row's past),
-                 step_attention [batch, layers, heads, past+1] (the new token over past, then itself)
+    decode       input_ids [batch, 1], positions [batch] (each row's length so far: where its new
+                 token goes), head_mask, and for each layer l key_cache_l, value_cache_l [batch,
+                 heads, capacity, d_head]: the caller's cache storage, positions < positions[row]
+                 filled, the rest ignored
+                 -> next_token_logprobs [batch, vocab]; present_key_l, present_value_l (the caches
+                 with the new token's keys and values written at positions: bound to the inputs'
+                 own buffers they are written in place, so nothing is copied); step_attention_l
+                 [batch, heads, capacity] (the new token's weights over positions 0..positions[row],
+                 itself last, zero after). One tensor per layer, not one stacked tensor, so that
+                 each layer reads and writes its storage directly: slicing a layer out of a stacked
+                 input would copy it.
+Names that end in "_l" (TensorSpec.per_layer) stand for one tensor per layer: name_0 .. name_{L-1}.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-BATCH, SEQ, SEQ_MINUS_1, PAST, PAST_PLUS_1 = "batch", "seq", "seq_minus_1", "past", "past_plus_1"
-DYNAMIC = frozenset({BATCH, SEQ, SEQ_MINUS_1, PAST, PAST_PLUS_1})
+BATCH, SEQ, SEQ_MINUS_1, CAPACITY = "batch", "seq", "seq_minus_1", "capacity"
+DYNAMIC = frozenset({BATCH, SEQ, SEQ_MINUS_1, CAPACITY})
 # How many alternatives the score graph returns per position (OpenAI's echo with logprobs).
 TOP_LOGPROBS = 20
 # How many tokens the logit lens returns per layer and position (its top_k's ceiling).
@@ -47,6 +54,12 @@ class TensorSpec:
     name: str
     dtype: str  # "int64" or "float32"
     axes: tuple[str | int, ...]
+    per_layer: bool = False  # one tensor per layer, named name_0 .. name_{L-1}
+
+    def expand(self, n_layer: int) -> tuple[TensorSpec, ...]:
+        if not self.per_layer:
+            return (self,)
+        return tuple(TensorSpec(f"{self.name}_{i}", self.dtype, self.axes) for i in range(n_layer))
 
     def dynamic_axes(self) -> dict[int, str]:
         return {i: a for i, a in enumerate(self.axes) if isinstance(a, str) and a in DYNAMIC}
@@ -69,13 +82,17 @@ class GraphSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "file", f"{self.name}.onnx")
 
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
+    def tensors(self, n_layer: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        """Inputs and outputs with per-layer tensors spelled out for a model of n_layer layers."""
+        return tuple(e for t in self.inputs for e in t.expand(n_layer)), tuple(
+            e for t in self.outputs for e in t.expand(n_layer)
+        )
 
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
+    def input_names(self, n_layer: int) -> list[str]:
+        return [t.name for t in self.tensors(n_layer)[0]]
+
+    def output_names(self, n_layer: int) -> list[str]:
+        return [t.name for t in self.tensors(n_layer)[1]]
 
 
 def _i64(name: str, *axes: str | int) -> TensorSpec:
@@ -86,10 +103,15 @@ def _f32(name: str, *axes: str | int) -> TensorSpec:
     return TensorSpec(name, "float32", axes)
 
 
+def _f32_layers(name: str, *axes: str | int) -> TensorSpec:
+    return TensorSpec(name, "float32", axes, per_layer=True)
+
+
 PROMPT_INPUTS = (_i64("input_ids", BATCH, SEQ), _i64("attention_mask", BATCH, SEQ))
 HEAD_MASK = "head_mask"
 ABLATABLE = (*PROMPT_INPUTS, _f32(HEAD_MASK, BATCH, "layers", "heads"))
 CACHE_AXES = (BATCH, "layers", "heads", SEQ, "d_head")
+SLOT_AXES = (BATCH, "heads", CAPACITY, "d_head")
 
 GRAPHS: dict[str, GraphSpec] = {
     g.name: g
@@ -146,16 +168,15 @@ GRAPHS: dict[str, GraphSpec] = {
             (
                 _i64("input_ids", BATCH, 1),
                 _i64("positions", BATCH),
-                _f32("past_keys", BATCH, "layers", "heads", PAST, "d_head"),
-                _f32("past_values", BATCH, "layers", "heads", PAST, "d_head"),
-                _i64("past_mask", BATCH, PAST),
                 _f32(HEAD_MASK, BATCH, "layers", "heads"),
+                _f32_layers("key_cache", *SLOT_AXES),
+                _f32_layers("value_cache", *SLOT_AXES),
             ),
             (
                 _f32("next_token_logprobs", BATCH, "vocab"),
-                _f32("new_keys", BATCH, "layers", "heads", 1, "d_head"),
-                _f32("new_values", BATCH, "layers", "heads", 1, "d_head"),
-                _f32("step_attention", BATCH, "layers", "heads", PAST_PLUS_1),
+                _f32_layers("present_key", *SLOT_AXES),
+                _f32_layers("present_value", *SLOT_AXES),
+                _f32_layers("step_attention", BATCH, "heads", CAPACITY),
             ),
             tolerance=1e-4,
         ),

@@ -118,7 +118,12 @@ def write_bundle(
         "architecture": model.cfg.to_dict(),
         "opset": OPSET,
         "graphs": {
-            g.name: {"file": g.file, "inputs": g.input_names, "outputs": g.output_names} for g in GRAPHS.values()
+            g.name: {
+                "file": g.file,
+                "inputs": g.input_names(model.cfg.n_layer),
+                "outputs": g.output_names(model.cfg.n_layer),
+            }
+            for g in GRAPHS.values()
         },
         "files": {f: sha256_file(out_dir / f) for f in files},
         "torch_weights": torch_weights,

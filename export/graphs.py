@@ -81,21 +81,23 @@ class PrefillGraph(AblatableGraph):
 
 
 class DecodeGraph(PromptGraph):
+    """One step against per-layer cache storage: (input_ids, positions, head_mask, key caches...,
+    value caches...) -> (log-probs, present keys..., present values..., step attention...)."""
+
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
-        cfg, past = self.model.cfg, 5
-        cache = torch.randn(2, cfg.n_layer, cfg.n_head, past, cfg.d_head)
-        mask = torch.ones(2, past, dtype=torch.long)
-        mask[1, 3:] = 0  # the second row's cache is shorter: padded slots
+        cfg, capacity = self.model.cfg, 6
+        caches = [torch.randn(2, cfg.n_head, capacity, cfg.d_head) for _ in range(2 * cfg.n_layer)]
         head_mask = torch.ones(2, cfg.n_layer, cfg.n_head)
         head_mask[1, 0, 0] = 0.0
         ids = torch.randint(0, cfg.vocab_size, (2, 1))
-        return ids, torch.tensor([5, 3]), cache, cache.clone(), mask, head_mask
+        return ids, torch.tensor([5, 3]), head_mask, *caches  # the second row is shorter
 
-    def forward(self, input_ids, positions, past_keys, past_values, past_mask, head_mask):
-        h, new_keys, new_values, weights = self.model.decode(
-            input_ids, positions, past_keys, past_values, past_mask, head_mask
+    def forward(self, input_ids, positions, head_mask, *caches):
+        n = self.model.cfg.n_layer
+        h, keys, values, weights = self.model.decode(
+            input_ids, positions, list(caches[:n]), list(caches[n:]), head_mask
         )
-        return torch.log_softmax(self.model.logits(h), dim=-1), new_keys, new_values, weights
+        return torch.log_softmax(self.model.logits(h), dim=-1), *keys, *values, *weights
 
 
 WRAPPERS: dict[str, type[PromptGraph]] = {
@@ -114,15 +116,15 @@ def wrap(name: str, model: AttentionLM) -> PromptGraph:
 
 def export_graph(model: AttentionLM, name: str, path: str, opset: int = 17) -> None:
     """Trace one graph to ONNX with the dynamic axes that bundlespec names."""
-    spec = GRAPHS[name]
+    inputs, outputs = GRAPHS[name].tensors(model.cfg.n_layer)
     graph = wrap(name, model)
     torch.onnx.export(
         graph,
         graph.example_inputs(),
         path,
-        input_names=spec.input_names,
-        output_names=spec.output_names,
-        dynamic_axes={t.name: t.dynamic_axes() for t in (*spec.inputs, *spec.outputs)},
+        input_names=[t.name for t in inputs],
+        output_names=[t.name for t in outputs],
+        dynamic_axes={t.name: t.dynamic_axes() for t in (*inputs, *outputs)},
         opset_version=opset,
         dynamo=False,
     )

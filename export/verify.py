@@ -127,6 +127,7 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
                 raise ParityError(f"decode: step {step} row {i}: greedy token {t} vs {want[i].argmax()}")
         return [int(t) for t in chosen]
 
+    L = cfg.n_layer
     for trial in range(trials):
         # The first trial always includes a one-token prompt, so decoding spans the whole context.
         lengths = [1 if trial == 0 else int(rng.integers(1, cfg.context_length))] + [
@@ -138,7 +139,13 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
         # PyTorch recomputing with the same heads zeroed.
         heads = random_head_mask(rng, len(seqs), cfg.n_layer, cfg.n_head)
         logprobs, keys, values, _ = prefill.run(None, {"input_ids": ids, "attention_mask": mask, "head_mask": heads})
-        caches = [(keys[i, :, :, :n], values[i, :, :, :n]) for i, n in enumerate(lengths)]
+        # Cache storage per layer (rows, nh, context, hs); what lies past a row's length is noise,
+        # which the graph must ignore.
+        storage = rng.standard_normal((2 * L, len(seqs), cfg.n_head, cfg.context_length, cfg.d_head))
+        storage = storage.astype(np.float32)
+        for i, n in enumerate(lengths):
+            storage[:L, i, :, :n] = keys[i, :, :, :n]
+            storage[L:, i, :, :n] = values[i, :, :, :n]
         tokens = compare(logprobs, seqs, 0, heads)
         step = 0
         while True:
@@ -146,27 +153,20 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
             if not live:
                 break
             step += 1
-            past = max(len(seqs[i]) for i in live)
-            past_k = np.zeros((len(live), cfg.n_layer, cfg.n_head, past, cfg.d_head), dtype=np.float32)
-            past_v = np.zeros_like(past_k)
-            past_mask = np.zeros((len(live), past), dtype=np.int64)
-            for b, i in enumerate(live):
-                n = len(seqs[i])
-                past_k[b, :, :, :n], past_v[b, :, :, :n] = caches[i]
-                past_mask[b, :n] = 1
+            # The capacity varies from step to step, as the service's does: just past the longest row.
+            capacity = int(rng.integers(max(len(seqs[i]) for i in live) + 1, cfg.context_length + 1))
+            caches = storage[:, live, :, :capacity]
             feed = {
                 "input_ids": np.asarray([[tokens[i]] for i in live], dtype=np.int64),
                 "positions": np.asarray([len(seqs[i]) for i in live], dtype=np.int64),
-                "past_keys": past_k,
-                "past_values": past_v,
-                "past_mask": past_mask,
                 "head_mask": heads[live],
+                **{f"key_cache_{layer}": caches[layer] for layer in range(L)},
+                **{f"value_cache_{layer}": caches[L + layer] for layer in range(L)},
             }
-            logprobs, new_k, new_v, _ = decode.run(None, feed)
-            for b, i in enumerate(live):
+            logprobs, *present = decode.run(None, feed)
+            storage[:, live, :, :capacity] = np.stack(present[: 2 * L])
+            for i in live:
                 seqs[i].append(tokens[i])
-                k, v = caches[i]
-                caches[i] = (np.concatenate([k, new_k[b]], 2), np.concatenate([v, new_v[b]], 2))
             for i, t in zip(live, compare(logprobs, [seqs[i] for i in live], step, heads[live]), strict=True):
                 tokens[i] = t
     log.info("cached decoding parity: worst abs error %.2e over %d trials (tolerance %.0e)", worst, trials, tol)

@@ -33,8 +33,8 @@ class Attended(NamedTuple):
     """What one attention layer gives back."""
 
     out: torch.Tensor  # (B, Tq, C)
-    weights: torch.Tensor | None  # (B, nh, Tq, P + T) when asked for
-    k: torch.Tensor  # (B, nh, T, hs): the keys of this call's own positions (for a KV cache)
+    weights: torch.Tensor | None  # (B, nh, Tq, T) when asked for
+    k: torch.Tensor  # (B, nh, T, hs): every position's keys (prefill fills the KV cache with them)
     v: torch.Tensor  # (B, nh, T, hs)
 
 
@@ -57,35 +57,32 @@ class CausalSelfAttention(nn.Module):
         allowed: torch.Tensor | None,
         need_weights: bool,
         query_index: torch.Tensor | None = None,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
         head_mask: torch.Tensor | None = None,
     ) -> Attended:
-        """x: (B, T, C); allowed: (B, 1, Tq, P + T) bool, True where query may attend to key.
+        """x: (B, T, C); allowed: (B, 1, Tq, T) bool, True where query may attend to key.
 
         head_mask (B, nh) scales each head's output (its attention-weighted sum of values) before
         W_O: 0 ablates the head, 1 leaves it. Its own attention weights do not change.
 
         allowed=None means plain causal attention over a batch with no padding. query_index (B,)
         asks for one query per row, at that position (Tq = 1): keys and values still come from
-        every position. past holds keys and values (B, nh, P, hs) of earlier positions (a KV
-        cache); x's own keys and values come after them.
+        every position.
         """
         B, T, C = x.shape
         x_q = x if query_index is None else x.gather(1, query_index.view(B, 1, 1).expand(B, 1, C))  # (B, Tq, C)
         Tq = x_q.size(1)
         q = self.w_q(x_q).view(B, Tq, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, Tq, hs)
-        k_own = self.w_k(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hs)
-        v_own = self.w_v(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hs)
-        k, v = (k_own, v_own) if past is None else (torch.cat([past[0], k_own], 2), torch.cat([past[1], v_own], 2))
+        k = self.w_k(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = self.w_v(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hs)
 
         if need_weights:
             # The shipped path: softmax(Q K^T / sqrt(d_k)) with the mask applied before softmax,
             # so masked keys get exactly zero weight.
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)  # (B, nh, Tq, P + T)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)  # (B, nh, Tq, T)
             if allowed is None:
                 allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             scores = scores.masked_fill(~allowed, float("-inf"))
-            weights = torch.softmax(scores, dim=-1)  # (B, nh, Tq, P + T)
+            weights = torch.softmax(scores, dim=-1)  # (B, nh, Tq, T)
             y = self.attn_dropout(weights) @ v  # (B, nh, Tq, hs)
         else:
             # Same math through the fused kernel; used for training, where weights are not read.
@@ -101,7 +98,53 @@ class CausalSelfAttention(nn.Module):
         if head_mask is not None:
             y = y * head_mask[:, :, None, None]  # (B, nh, Tq, hs)
         y = y.transpose(1, 2).contiguous().view(B, Tq, C)  # (B, Tq, C): heads side by side
-        return Attended(self.resid_dropout(self.w_o(y)), weights, k_own, v_own)
+        return Attended(self.resid_dropout(self.w_o(y)), weights, k, v)
+
+    def step(
+        self,
+        x: torch.Tensor,
+        write_at: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        visible: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One new token per row against a fixed-size cache that it writes into.
+
+        x (B, 1, C); write_at (B, nh, 3): the (row, head, position) of each of the new token's key
+        and value vectors (see AttentionLM.decode); key_cache, value_cache (B, nh, S, hs) for S cache
+        positions; visible (B, 1, 1, S), True at positions 0..position (itself last). Returns the
+        output (B, 1, C), the weights (B, nh, 1, S), and the caches with the new token written in.
+        """
+        shape = (-1, 1, self.n_head, self.d_head)  # -1, not B: a constant shape in the exported graph
+        q, k, v = (w(x).view(shape).transpose(1, 2) for w in (self.w_q, self.w_k, self.w_v))  # (B, nh, 1, hs)
+        key_cache = ScatterRows.apply(key_cache, write_at, k[:, :, 0])
+        value_cache = ScatterRows.apply(value_cache, write_at, v[:, :, 0])
+        scores = (q @ key_cache.transpose(-2, -1)) / math.sqrt(self.d_head)  # (B, nh, 1, S)
+        weights = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+        y = weights @ value_cache  # (B, nh, 1, hs)
+        if head_mask is not None:
+            y = y * head_mask[:, :, None, None]
+        y = y.transpose(1, 2).reshape(-1, 1, self.n_head * self.d_head)  # (B, 1, C)
+        return self.w_o(y), weights, key_cache, value_cache
+
+
+class ScatterRows(torch.autograd.Function):
+    """cache[index[..., 0], index[..., 1], index[..., 2]] = updates, as one ONNX ScatterND.
+
+    ONNX Runtime runs a ScatterND in place when its output is bound to its input's buffer, which
+    is how the service's decode step writes into its cache storage without copying it. Exported
+    through index_put instead, every layer would rebuild the same indices in some thirty small
+    nodes, which cost more than the step's arithmetic for one row.
+    """
+
+    @staticmethod
+    def forward(ctx, cache: torch.Tensor, index: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return cache.index_put(tuple(index.unbind(-1)), updates)
+
+    @staticmethod
+    def symbolic(g, cache, index, updates):  # noqa: ANN001, ANN205 (torch.onnx's graph builder)
+        return g.op("ScatterND", cache, index, updates)
 
 
 class MLP(nn.Module):
@@ -131,10 +174,9 @@ class Block(nn.Module):
         allowed: torch.Tensor | None,
         need_weights: bool,
         query_index: torch.Tensor | None = None,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
         head_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Attended]:
-        attended = self.attn(self.ln_attn(x), allowed, need_weights, query_index, past, head_mask)
+        attended = self.attn(self.ln_attn(x), allowed, need_weights, query_index, head_mask)
         if query_index is not None:
             x = x.gather(1, query_index.view(-1, 1, 1).expand(-1, 1, x.size(-1)))  # (B, 1, C)
         x = x + attended.out
@@ -260,35 +302,41 @@ class AttentionLM(nn.Module):
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
-        past_keys: torch.Tensor,
-        past_values: torch.Tensor,
-        past_mask: torch.Tensor,
+        key_caches: list[torch.Tensor],
+        value_caches: list[torch.Tensor],
         head_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One generation step: a new token per row, attending to its cached past (head_mask as in
-        hidden_states: 0 ablates a head).
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """One generation step against fixed-size caches: what the service's decode graph runs.
 
         input_ids (B, 1); positions (B,) the new token's position (the row's length so far);
-        past_keys, past_values (B, L, nh, P, hs); past_mask (B, P), 1 where a cache slot is real.
-        Returns the new hidden state (B, C), the new keys and values (B, L, nh, 1, hs) to append to
-        the cache, and the new token's attention weights (B, L, nh, P + 1): past slots, then itself.
+        key_caches, value_caches: per layer (B, nh, S, hs), holding each row's earlier positions
+        (anything at or after positions is ignored and overwritten). Returns the new hidden state
+        (B, C), the caches with the new token written at positions, and per layer the new token's
+        weights (B, nh, S) over positions 0..positions (itself last; zero after).
         """
         x = self.tok_emb(input_ids) * self.emb_scale + self.pos_enc[positions][:, None]  # (B, 1, C)
-        own = torch.ones_like(past_mask[:, :1])  # (B, 1): a token always sees itself
-        allowed = torch.cat([past_mask, own], dim=1).bool()[:, None, None, :]  # (B, 1, 1, P + 1)
+        slots = torch.arange(key_caches[0].size(2), device=input_ids.device)  # (S,)
+        visible = (slots[None, :] <= positions[:, None])[:, None, None, :]  # (B, 1, 1, S)
+        # Where the new token's vectors go, the same in every layer: (row, head, position) per (B, nh).
+        rows = torch.arange(input_ids.size(0), device=input_ids.device)[:, None].expand(-1, self.cfg.n_head)
+        heads = torch.arange(self.cfg.n_head, device=input_ids.device)[None, :].expand_as(rows)
+        write_at = torch.stack([rows, heads, positions[:, None].expand_as(rows)], dim=-1)  # (B, nh, 3)
         keys, values, weights = [], [], []
         for i, block in enumerate(self.blocks):
-            x, attended = block(
-                x,
-                allowed,
-                need_weights=True,
-                past=(past_keys[:, i], past_values[:, i]),
-                head_mask=None if head_mask is None else head_mask[:, i],
+            y, w, k, v = block.attn.step(
+                block.ln_attn(x),
+                write_at,
+                key_caches[i],
+                value_caches[i],
+                visible,
+                None if head_mask is None else head_mask[:, i],
             )
-            keys.append(attended.k)
-            values.append(attended.v)
-            weights.append(attended.weights[:, :, 0])  # (B, nh, P + 1)
-        return self.ln_f(x[:, 0]), torch.stack(keys, 1), torch.stack(values, 1), torch.stack(weights, 1)
+            x = x + y
+            x = x + block.mlp(block.ln_mlp(x))
+            keys.append(k)
+            values.append(v)
+            weights.append(w[:, :, 0])  # (B, nh, S)
+        return self.ln_f(x[:, 0]), keys, values, weights
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Output layer tied to the token embedding: (..., C) -> (..., vocab)."""

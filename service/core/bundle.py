@@ -50,7 +50,8 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleError(f"{e} (MODEL_DIR must point at a model bundle)") from e
     for name, spec in GRAPHS.items():
         entry = manifest.graphs.get(name)
-        if entry is None or (entry.inputs, entry.outputs) != (spec.input_names, spec.output_names):
+        n_layer = manifest.architecture.n_layer
+        if entry is None or (entry.inputs, entry.outputs) != (spec.input_names(n_layer), spec.output_names(n_layer)):
             raise BundleError(f"{path}: graph {name!r} is missing or its inputs/outputs do not match the contract")
     for name, want in manifest.files.items():
         file = path / name

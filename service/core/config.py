@@ -28,6 +28,7 @@ class CoreConfig:
     max_active_sequences: int = 32
     kv_cache_tokens: int = 0  # 0: max_active_sequences x the model's context
     max_waiting_sequences: int = 256
+    prefill_tokens_per_step: int = 512
     request_timeout_s: float = 30.0
 
 

@@ -6,7 +6,9 @@ mid-way) fits in KV_CACHE_TOKENS. The scheduler's loop then repeats one step:
   1. new sequences run their prompts through the prefill graph together (their first token);
   2. every running sequence advances by one token in a single decode call.
 A sequence that finishes, or whose caller goes away, leaves before the next step and frees its
-cache. Each caller reads its own stream of steps. The model work, token choice and detokenization
+cache. The cache is storage allocated once (service/core/kvcache.py): a sequence keeps a row of
+it for its life, and each decode step writes its new keys and values there in place. Each caller
+reads its own stream of steps. The model work, token choice and detokenization
 run on the inference executor, so the event loop only hands steps out.
 """
 
@@ -26,6 +28,7 @@ from tokenizers import Tokenizer
 
 from service.core.engine import Engine, Job
 from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
+from service.core.kvcache import KVCache
 from service.core.sampling import Sampler, SamplingParams, top_indices
 
 log = logging.getLogger(__name__)
@@ -111,9 +114,7 @@ class GenerationStream:
         self.sampler = Sampler(params.sampling, params.seed, prompt)
         self.text = TextTracker(tokenizer, params.stop, params.min_tokens)
         self.reserved = len(prompt) + params.max_tokens  # cache tokens held while it runs
-        self.keys: np.ndarray | None = None  # (L, nh, reserved, hs) once prefilled
-        self.values: np.ndarray | None = None
-        self.length = 0  # cache slots filled
+        self.length = 0  # cache positions filled
         self.pending_attention: np.ndarray | None = None  # (L, nh, n) of the next token to choose
         self.finished = False  # the caller has been handed the last step
         self.exhausted = False  # the last step is chosen (set on the executor, ahead of delivery)
@@ -175,6 +176,7 @@ class Scheduler:
         step_timeout_s: float,
         observer: GenerationObserver | None = None,
         burst_s: float = 0.005,
+        prefill_tokens_per_step: int = 512,
     ) -> None:
         self.engine = engine
         self.executor = executor
@@ -188,8 +190,14 @@ class Scheduler:
         # one hand-off to the event loop per burst instead of per token (it costs more than a
         # one-row decode step on a CPU).
         self.burst_s = burst_s
+        # New prompts start a few at a time, so that running sequences never wait for a whole
+        # queue's prefill between two tokens (a per-step token budget, as vLLM's max_num_batched_tokens).
+        self.prefill_tokens_per_step = prefill_tokens_per_step
         arch = engine.bundle.arch
-        self._cache_shape = (arch.n_layer, arch.n_head, arch.d_head)
+        self.cache: KVCache[GenerationStream] = KVCache(
+            arch.n_layer, arch.n_head, arch.d_head, max_active, arch.context_length
+        )
+        self._all_heads = np.ones((max_active, arch.n_layer, arch.n_head), dtype=np.float32)
         self.waiting: deque[GenerationStream] = deque()
         self.active: list[GenerationStream] = []
         self.reserved_tokens = 0
@@ -261,7 +269,7 @@ class Scheduler:
                 decoding = list(self.active)
                 started = time.perf_counter()
                 try:
-                    steps, widths = await loop.run_in_executor(self.executor, self._step, admitted, decoding)
+                    steps, widths = await loop.run_in_executor(self.executor, self._step, admitted)
                 except Exception as e:  # every sequence in the step must hear about it
                     log.exception("generation step failed")
                     for s in admitted + decoding:
@@ -290,9 +298,13 @@ class Scheduler:
     def _admit(self) -> list[GenerationStream]:
         """First come, first served: the head of the queue waits for room rather than being overtaken."""
         admitted: list[GenerationStream] = []
+        prompt_tokens = 0
         while self.waiting and len(self.active) + len(admitted) < self.max_active:
             head = self.waiting[0]
             if self.reserved_tokens + head.reserved > self.kv_cache_tokens:
+                break
+            prompt_tokens += len(head.prompt)
+            if admitted and prompt_tokens > self.prefill_tokens_per_step:
                 break
             self.waiting.popleft()
             self.reserved_tokens += head.reserved
@@ -306,70 +318,71 @@ class Scheduler:
         if s.admitted:
             self.reserved_tokens -= s.reserved
             s.admitted = False
-        s.keys = s.values = None
+        self.cache.remove(s)
 
     def _report(self) -> None:
         self.observer.state(len(self.active), len(self.waiting), self.reserved_tokens)
 
     # -- one step, on the executor -----------------------------------------------------------------
 
-    def _step(
-        self, admitted: list[GenerationStream], decoding: list[GenerationStream]
-    ) -> tuple[list[tuple[GenerationStream, Step]], list[int]]:
+    def _step(self, admitted: list[GenerationStream]) -> tuple[list[tuple[GenerationStream, Step]], list[int]]:
+        """One hand-off to the executor. With new prompts: their prefill, then one decode step for
+        the rows that were already running (so that they keep moving while prompts join), and the
+        new first tokens go out at once. Otherwise decode every row for up to burst_s, stopping
+        early when something starts waiting. Rows whose sequence ended leave the cache between
+        decode calls, so each call's batch is a prefix of the storage."""
+        self._leave_cache()
+        running = len(self.cache.owners)
         steps = self._prefill(admitted) if admitted else []
-        deadline = time.perf_counter() + self.burst_s
-        live = [s for s in decoding if not s.cancelled and not s.exhausted]
         widths = []
-        while live:
-            steps += self._decode(live)
-            widths.append(len(live))
-            live = [s for s in live if not s.cancelled and not s.exhausted]
+        if admitted:
+            if running:
+                steps += self._decode(running)
+                widths.append(running)
+            return steps, widths
+        deadline = time.perf_counter() + self.burst_s
+        while self.cache.owners:
+            steps += self._decode(len(self.cache.owners))
+            widths.append(len(self.cache.owners))
+            self._leave_cache()
             if self.waiting or time.perf_counter() >= deadline:
                 break
         return steps, widths
 
+    def _leave_cache(self) -> None:
+        for s in [s for s in self.cache.owners if s.cancelled or s.exhausted]:
+            self.cache.remove(s)
+
     def _prefill(self, streams: list[GenerationStream]) -> list[tuple[GenerationStream, Step]]:
-        L, nh, hs = self._cache_shape
         steps = []
         jobs = [Job(s.prompt, s.params.head_mask) for s in streams]
         for s, out in zip(streams, self.engine.prefill(jobs), strict=True):
-            n = len(s.prompt)
-            s.keys = np.empty((L, nh, s.reserved, hs), dtype=np.float32)
-            s.values = np.empty_like(s.keys)
-            s.keys[:, :, :n], s.values[:, :, :n] = out.keys, out.values
-            s.length = n
+            self.cache.add(s, out.keys, out.values)
+            s.length = len(s.prompt)
             s.pending_attention = out.attention
             steps.append((s, self._advance(s, out.logprobs)))
         return steps
 
-    def _decode(self, streams: list[GenerationStream]) -> list[tuple[GenerationStream, Step]]:
-        L, nh, hs = self._cache_shape
-        past = max(s.length for s in streams)
-        past_keys = np.zeros((len(streams), L, nh, past, hs), dtype=np.float32)  # (B, L, nh, P, hs)
-        past_values = np.zeros_like(past_keys)
-        past_mask = np.zeros((len(streams), past), dtype=np.int64)  # (B, P)
-        for b, s in enumerate(streams):
-            assert s.keys is not None and s.values is not None
-            past_keys[b, :, :, : s.length] = s.keys[:, :, : s.length]
-            past_values[b, :, :, : s.length] = s.values[:, :, : s.length]
-            past_mask[b, : s.length] = 1
+    def _decode(self, rows: int) -> list[tuple[GenerationStream, Step]]:
+        """One token for each of the cache's first rows."""
+        streams = self.cache.owners[:rows]
+        B = len(streams)
+        self.cache.fit(max(s.length for s in self.cache.owners))
         tokens = np.asarray([s.text.ids[-1] for s in streams], dtype=np.int64)
         positions = np.asarray([s.length for s in streams], dtype=np.int64)
-        head_mask = None
+        head_mask = self._all_heads[:B]
         if any(s.params.head_mask is not None for s in streams):
-            head_mask = np.ones((len(streams), L, nh), dtype=np.float32)  # (B, L, nh)
+            head_mask = head_mask.copy()  # (B, L, nh)
             for b, s in enumerate(streams):
                 if s.params.head_mask is not None:
                     head_mask[b] = s.params.head_mask
-        out = self.engine.decode(tokens, positions, past_keys, past_values, past_mask, head_mask)
+        wants_attention = any(s.params.attention is not None for s in streams)
+        out = self.engine.decode(tokens, positions, self.cache.views(B), head_mask, attention=wants_attention)
         steps = []
         for b, s in enumerate(streams):
-            assert s.keys is not None and s.values is not None
-            s.keys[:, :, s.length], s.values[:, :, s.length] = out.new_keys[b], out.new_values[b]
-            # The new token's weights: its real past slots, then itself.
-            s.pending_attention = np.concatenate(
-                [out.attention[b, :, :, : s.length], out.attention[b, :, :, past:]], -1
-            )
+            if out.attention is not None and s.params.attention is not None:
+                # The new token's weights over its past positions, then itself: (L, nh, length + 1).
+                s.pending_attention = np.stack([w[b, :, : s.length + 1] for w in out.attention])
             s.length += 1
             steps.append((s, self._advance(s, out.logprobs[b])))
         return steps

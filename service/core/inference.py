@@ -106,6 +106,7 @@ class InferenceCore:
             max_active=config.max_active_sequences,
             kv_cache_tokens=config.kv_cache_tokens or config.max_active_sequences * bundle.context_length,
             max_waiting=config.max_waiting_sequences,
+            prefill_tokens_per_step=config.prefill_tokens_per_step,
             step_timeout_s=config.request_timeout_s,
             observer=observers.generation(),
         )
@@ -126,9 +127,9 @@ class InferenceCore:
             self.engine.run(name, [Job(longest), Job(longest[:3])])
         self.engine.prefill([Job(longest[:-1]), Job(longest[:3])])
         arch = self.bundle.arch
-        cache = np.zeros((2, arch.n_layer, arch.n_head, len(longest) - 1, arch.d_head), dtype=np.float32)
-        mask = np.ones((2, len(longest) - 1), dtype=np.int64)
-        self.engine.decode(longest[:2], np.array([len(longest) - 1] * 2), cache, cache, mask)
+        n = len(longest)
+        caches = [np.zeros((2, arch.n_head, n, arch.d_head), dtype=np.float32) for _ in range(2 * arch.n_layer)]
+        self.engine.decode(longest[:2], np.array([n - 1] * 2), caches, attention=True)
 
     def start(self) -> None:
         # ONNX Runtime's own pool threads exist by now (the sessions made them): all but this one.

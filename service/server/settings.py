@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     max_waiting_sequences: int = Field(
         256, ge=1, description="Sequences waiting to start generating before new requests get 503."
     )
+    prefill_tokens_per_step: int = Field(
+        512,
+        ge=1,
+        description="Most prompt tokens that start generating in one step (a longer prompt still starts, "
+        "alone): running sequences wait for at most one such prefill between their tokens.",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger ones get 413.")
     request_timeout_s: float = Field(30.0, gt=0, description="Longest wait for an answer; then 504.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
@@ -157,6 +163,7 @@ class Settings(BaseSettings):
             max_active_sequences=self.max_active_sequences,
             kv_cache_tokens=self.kv_cache_tokens,
             max_waiting_sequences=self.max_waiting_sequences,
+            prefill_tokens_per_step=self.prefill_tokens_per_step,
             request_timeout_s=self.request_timeout_s,
         )
 

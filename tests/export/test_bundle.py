@@ -25,10 +25,11 @@ def test_manifest_names_every_file_with_its_hash_and_the_contract(toy_bundle):
     manifest = json.loads((toy_bundle / MANIFEST_FILE).read_text())
     assert set(manifest["files"]) == {*(g.file for g in GRAPHS.values()), WEIGHTS_FILE, TOKENIZER_FILE}
     assert manifest["opset"] >= 17
+    n_layer = manifest["architecture"]["n_layer"]
     for name, spec in GRAPHS.items():
         graph = onnx.load(str(toy_bundle / spec.file), load_external_data=False).graph
-        assert [i.name for i in graph.input] == spec.input_names == manifest["graphs"][name]["inputs"]
-        assert [o.name for o in graph.output] == spec.output_names == manifest["graphs"][name]["outputs"]
+        assert [i.name for i in graph.input] == spec.input_names(n_layer) == manifest["graphs"][name]["inputs"]
+        assert [o.name for o in graph.output] == spec.output_names(n_layer) == manifest["graphs"][name]["outputs"]
     bundle = load_bundle(toy_bundle)
     assert bundle.vocab_size == bundle.tokenizer.get_vocab_size()
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from service.core.bundle import load_bundle
-from service.core.engine import Engine
+from service.core.engine import Engine, Job
 from service.core.errors import InputError, QueueFullError
 from service.core.generation import GenerationObserver, GenerationParams, Scheduler, TextTracker
+from service.core.kvcache import KVCache
 from service.core.sampling import Sampler, SamplingParams, log_softmax
 
 GREEDY = SamplingParams(temperature=0)
@@ -26,12 +27,14 @@ class Recorder(GenerationObserver):
     def __init__(self) -> None:
         self.active: list[int] = []
         self.decoded: list[int] = []
+        self.steps: list[tuple[int, list[int]]] = []  # (prompts prefilled, decode widths) per hand-off
 
     def state(self, active: int, waiting: int, reserved_tokens: int) -> None:
         self.active.append(active)
 
     def step_done(self, prefilled: int, decode_widths: list[int], seconds: float) -> None:
         self.decoded.extend(decode_widths)
+        self.steps.append((prefilled, decode_widths))
 
 
 def scheduler(engine, **kw) -> Scheduler:
@@ -224,3 +227,104 @@ def test_attention_per_step_covers_the_context_before_each_token(engine):
         (full,) = engine.run("attention", [np.asarray(seq)])
         np.testing.assert_allclose(step.attention, full[[1]][:, [0, 2], -1, :], atol=1e-5)
         seq.append(step.token_id)
+
+
+def test_staggered_sequences_match_recomputation_while_the_cache_moves_rows_and_capacity(engine):
+    """Sequences join at different steps, one leaves early (its row goes to the last one) and the
+    storage's capacity grows past its first size: each still gets what recomputation gives."""
+    context = engine.bundle.context_length
+    texts = ["I", "we do", "you do not like", "they"]
+
+    async def main():
+        s = scheduler(engine, burst_s=0)
+        s.start()
+        start_capacity = s.cache.capacity
+        buffers = [b.ctypes.data for b in s.cache._buffers]
+        first = s.submit([(prompt(engine, texts[0]), GenerationParams(max_tokens=context - 2, sampling=GREEDY))])
+        head = [await first[0].__anext__() for _ in range(3)]
+        later = s.submit(
+            [(prompt(engine, t), GenerationParams(max_tokens=context // 2, sampling=GREEDY)) for t in texts[1:]]
+        )
+        await later[0].__anext__()
+        later[0].cancel()  # leaves at once: a row in the middle frees up
+        results = await asyncio.gather(collect(first[0]), *(collect(x) for x in later[1:]))
+        grown = s.cache.capacity
+        await s.stop(1)
+        assert [b.ctypes.data for b in s.cache._buffers] == buffers, "the storage is allocated once"
+        return [head + results[0], *results[1:]], start_capacity, grown, s
+
+    outputs, start_capacity, grown, s = run(main())
+    assert grown > start_capacity, "the longest sequence should have outgrown the first capacity"
+    assert not s.cache.owners
+    for text, steps in zip([texts[0], *texts[2:]], outputs, strict=True):
+        seq = list(prompt(engine, text))
+        for step in steps:
+            (want,) = engine.run("next_token", [np.asarray(seq)])
+            assert step.token_id == int(np.argmax(want))
+            assert abs(step.logprob - float(want[step.token_id])) < 1e-4
+            seq.append(step.token_id)
+
+
+def test_a_decode_step_writes_the_cache_in_place(engine):
+    """The engine's decode step reads and writes the storage it is given: no copy in or out."""
+    arch = engine.bundle.arch
+    cache = KVCache(arch.n_layer, arch.n_head, arch.d_head, rows=2, context=engine.bundle.context_length)
+    ids = prompt(engine, "we do")
+    (pre,) = engine.prefill([Job(ids)])
+    cache.add("a", pre.keys, pre.values)
+    views = cache.views()
+    before = [v.copy() for v in views]
+    engine.decode(np.array([3]), np.array([len(ids)]), views)
+    for v, b in zip(views, before, strict=True):
+        assert np.array_equal(v[:, :, : len(ids)], b[:, :, : len(ids)]), "the prompt's positions are left alone"
+        assert np.any(v[:, :, len(ids)] != b[:, :, len(ids)]), "the new token's keys and values land in the storage"
+        assert np.shares_memory(v, cache._buffers[0]) or any(np.shares_memory(v, x) for x in cache._buffers)
+
+
+def test_the_cache_keeps_each_rows_positions_through_removals_and_relayouts():
+    cache = KVCache(n_layer=2, n_head=2, d_head=3, rows=3, context=64)
+    rng = np.random.default_rng(0)
+    data = {o: rng.standard_normal((2, 2, 2, n, 3)).astype(np.float32) for o, n in (("a", 5), ("b", 20), ("c", 9))}
+    for owner, kv in data.items():
+        cache.add(owner, kv[0], kv[1])
+    assert cache.capacity == 32  # grown for b's 20 positions
+
+    def held(owner):
+        row, n = cache.row(owner), data[owner].shape[3]
+        views = cache.views()
+        return np.stack([np.stack([v[row, :, :n] for v in views[:2]]), np.stack([v[row, :, :n] for v in views[2:]])])
+
+    cache.remove("b")  # the last row (c) moves into b's
+    assert cache.owners == ["a", "c"] and cache.row("c") == 1
+    cache.fit(9)  # needs 16, more than a quarter of 32: it stays
+    assert cache.capacity == 32
+    cache.fit(40)
+    assert cache.capacity == 64
+    cache.fit(3)  # needs 16, a quarter of 64: it shrinks, to twice what it needs
+    assert cache.capacity == 32
+    for owner in ("a", "c"):
+        np.testing.assert_array_equal(held(owner), data[owner])
+    cache.remove("a")
+    cache.remove("a")  # twice is harmless
+    assert cache.owners == ["c"]
+    np.testing.assert_array_equal(held("c"), data["c"])
+
+
+def test_prompts_join_a_budget_at_a_time_and_running_sequences_keep_moving(engine):
+    rec = Recorder()
+    ids = prompt(engine, "we do")
+
+    async def main():
+        s = scheduler(engine, observer=rec, prefill_tokens_per_step=len(ids))  # one prompt per step
+        s.start()
+        (running,) = s.submit([(prompt(engine, "I"), GenerationParams(max_tokens=20, sampling=GREEDY))])
+        await running.__anext__()
+        joining = s.submit([(ids, GenerationParams(max_tokens=4, sampling=GREEDY))] * 3)
+        await asyncio.gather(collect(running), *(collect(x) for x in joining))
+        await s.stop(1)
+
+    run(main())
+    with_prompts = [(n, widths) for n, widths in rec.steps if n]
+    assert [n for n, _ in with_prompts] == [1, 1, 1, 1], "the first prompt alone, then one per step"
+    # Every step that prefilled a joining prompt also advanced the sequences already running.
+    assert all(widths and widths[0] >= 1 for _, widths in with_prompts[1:])
