@@ -36,6 +36,7 @@ from loadtest.serving import (
     serving_bench,
     toy_http_bench,
     tracing_bench,
+    workers_bench,
 )
 
 log = logging.getLogger("bench")
@@ -53,7 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the last results.json")
     p.add_argument(
         "--only",
-        choices=["generation", "payload", "kserve", "explorer", "int8", "toy", "tracing", "interpretability", "aiperf"],
+        choices=[
+            "generation",
+            "payload",
+            "kserve",
+            "explorer",
+            "int8",
+            "toy",
+            "tracing",
+            "workers",
+            "interpretability",
+            "aiperf",
+        ],
         help="re-run one section (kserve: the service and Triton on the same v2 requests) and rewrite the report",
     )
     p.add_argument(
@@ -79,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["toy_http"] = toy_http_bench(args.seconds, Path(tmp))
             elif args.only == "tracing":
                 results["tracing"] = tracing_bench(args.seconds, Path(tmp))
+            elif args.only == "workers":
+                results["workers"] = workers_bench(args.bundle, args.seconds, Path(tmp))
             elif args.only == "aiperf":
                 results["aiperf"] = aiperf_bench(args.bundle, Path(tmp))
             elif args.only == "interpretability":
@@ -112,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         results["kserve"] = kserve_bench(args.bundle, args.seconds, work)
         results["toy_http"] = toy_http_bench(args.seconds, work)
         results["tracing"] = tracing_bench(args.seconds, work)
+        results["workers"] = workers_bench(args.bundle, args.seconds, work)
         results["interpretability"] = interpretability_bench(args.bundle, work)
         results["aiperf"] = aiperf_bench(args.bundle, work)
         results["generation"] = generation_bench(args.bundle)

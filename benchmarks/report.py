@@ -23,6 +23,7 @@ from benchmarks.report_http import (
     toy_report,
     tracing_report,
     triton_rows,
+    workers_report,
 )
 from benchmarks.timing import verdict
 from loadtest.harness import CONCURRENCY, LENGTHS, ROOT, by_concurrency
@@ -128,6 +129,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         "",
         *kserve_report(results),
         *toy_report(results, docs),
+        *workers_report(results),
         *tracing_report(results),
         *interpretability_report(results),
         *aiperf_report(results),

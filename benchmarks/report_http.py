@@ -92,6 +92,36 @@ def tracing_report(results: dict) -> list[str]:
     return [*out, ""]
 
 
+def workers_report(results: dict) -> list[str]:
+    w = results.get("workers")
+    if not w:
+        return []
+    out = [
+        "## More cores: WORKERS=N",
+        "",
+        f"`WORKERS=1` against `WORKERS=2` (two whole servers on one port, SO_REUSEPORT), next-token requests from "
+        f"one wrk thread at {w['connections']} connections for {w['seconds']:g} s each, on this machine's "
+        f"{machine_cores()} cores (wrk takes a share of them too).",
+        "",
+        "| model | workers | req/s | p50 ms | p99 ms | vs one worker |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, rows in w["models"].items():
+        one = rows[0]["rps"]
+        for r in rows:
+            out.append(
+                f"| {label} | {r['workers']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{r['rps'] / one:.2f}x |"
+            )
+    return [*out, ""]
+
+
+def machine_cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
 def toy_report(results: dict, docs: Path) -> list[str]:
     toy = results.get("toy_http")
     if not toy:

@@ -116,6 +116,36 @@ def toy_http_bench(seconds: float, work: Path) -> dict:
     return {"servers": drive(servers, seconds, work), "body_bytes": len(body)}
 
 
+WORKER_COUNTS = (1, 2)
+WORKERS_CONNECTIONS = 64
+
+
+def workers_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
+    """WORKERS=1 against WORKERS=2 on the same next-token requests from the same wrk at 64
+    connections: the toy model (the request path is the cost) and the real one (inference is)."""
+    models = {"toy model": ROOT / "bundles" / "toy" / "1", "Shakespeare model": bundle_dir}
+    out: dict = {"connections": WORKERS_CONNECTIONS, "seconds": seconds, "models": {}}
+    for label, bundle in models.items():
+        prompts = ["I do not like"] if label == "toy model" else load_prompts()
+        script = wrk_script(work, "/v1/next-token", request_bodies("next-token", prompts), re.sub(r"\W+", "_", label))
+        rows = []
+        for n in WORKER_COUNTS:
+            server = Server(
+                f"workers_{n}", [sys.executable, "-m", "service"], {**service_env(bundle), "WORKERS": str(n)}, work
+            )
+            try:
+                server.wait_ready("/readyz")
+                time.sleep(2)  # every worker listening, not only the first one ready
+                run_wrk(server.url, script, 16, 2)  # warm-up
+                point = run_wrk(server.url, script, WORKERS_CONNECTIONS, seconds)
+            finally:
+                server.stop()
+            log.info("%s, WORKERS=%d: %.0f rps, p99 %.1f ms", label, n, point["rps"], point["p99_ms"])
+            rows.append({"workers": n, **point})
+        out["models"][label] = rows
+    return out
+
+
 TRACING_VARIANTS = ("tracing off", "tracing on", "tracing on, 10% sampled", "tracing off, no access log")
 
 

@@ -41,5 +41,7 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics (every worker's, each with a `worker` label, under WORKERS > 1)."""
+    state = request.app.state
+    body = state.workers.exposition() if state.workers is not None else generate_latest(state.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ from service.server.metrics import Metrics
 from service.server.middleware import RequestContext
 from service.server.settings import Settings
 from service.server.tracing import TraceIds, setup_tracing
+from service.server.workers import METRICS_DIR_ENV, WorkerMetrics, worker_index
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -84,6 +86,7 @@ def create_app(
             if settings.model_control_mode == "poll"
             else None
         )
+        publisher = asyncio.create_task(app.state.workers.publish()) if app.state.workers is not None else None
         app.state.ready = True
         for served in registry.ready():
             log.info("ready: serving %s version %s on %s", served.name, served.version, served.core.provider)
@@ -92,8 +95,9 @@ def create_app(
         yield
         app.state.ready = False
         app.state.draining = True
-        if poller is not None:
-            poller.cancel()
+        for task in (poller, publisher):
+            if task is not None:
+                task.cancel()
         await registry.stop(grace_s=settings.request_timeout_s)
         if tracing is not None:
             tracing.shutdown()  # sends the last spans
@@ -116,6 +120,12 @@ def create_app(
     app.state.stopping = False  # SIGTERM came: not ready, but still serving (DRAIN_DELAY_S)
     app.state.draining = False  # the listener is closing: work is refused
     app.state.metrics = metrics
+    index = worker_index()
+    directory = os.environ.get(METRICS_DIR_ENV)
+    # Under WORKERS > 1, /metrics answers for every worker (service/server/workers.py).
+    app.state.workers = (
+        WorkerMetrics(index, Path(directory), metrics.registry) if index is not None and directory else None
+    )
     app.state.settings = settings
     app.state.registry = registry
     app.state.v2 = V2Serving(registry)

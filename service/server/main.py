@@ -18,6 +18,7 @@ from service.server.app import create_app
 from service.server.connection import guarded_protocol
 from service.server.logs import setup_logging
 from service.server.settings import Settings
+from service.server.workers import reuse_port_socket, supervise, worker_index
 
 log = logging.getLogger("service")
 
@@ -61,6 +62,8 @@ def main() -> int:
     except (BundleError, DeviceError) as e:
         log.error("cannot start: %s", e)
         return 2
+    if settings.workers > 1 and worker_index() is None:
+        return supervise(settings)
     app = create_app(settings, checked=checked)
     config = uvicorn.Config(
         app,
@@ -73,5 +76,7 @@ def main() -> int:
         timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
-    DrainingServer(config, app.state, settings.drain_delay_s).run()
+    # A worker listens on its own socket, bound to the shared port with SO_REUSEPORT.
+    sockets = [reuse_port_socket(settings.host, settings.port)] if worker_index() is not None else None
+    DrainingServer(config, app.state, settings.drain_delay_s).run(sockets=sockets)
     return 0

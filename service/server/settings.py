@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes on the port, each a whole server with its own model copy, batcher "
+        "and limits (the limits below are per worker); connections are spread across them.",
+    )
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto: CUDA when a GPU works, else CPU; cuda: fail at start without a GPU."
     )
@@ -182,6 +188,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MAX_TEXTS_PER_REQUEST={self.max_texts_per_request} is larger than MAX_QUEUE_ROWS="
                 f"{self.max_queue_rows}: such requests could never be queued"
+            )
+        if self.workers > 1 and self.model_control_mode == "explicit":
+            raise ValueError(
+                f"WORKERS={self.workers} with MODEL_CONTROL_MODE=explicit: a load or unload call would reach "
+                "one worker only; use MODEL_CONTROL_MODE=poll (every worker reads the repository) or none"
             )
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ValueError(f"API_KEYS_FILE={self.api_keys_file} is not a file")
