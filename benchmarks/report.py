@@ -229,6 +229,16 @@ def readme_summary(results: dict) -> str:
         toy = results["toy_http"]["servers"]
         ours, bare = toy["service, toy model"][-1], toy["bare FastAPI, the same answer"][-1]
         lines.append(f"- with a model that costs nothing (the toy): {ours['rps'] / bare['rps']:.0%} of bare FastAPI;")
+    if results.get("generation"):
+        rows = results["generation"]["rows"]
+        tps = {r["streams"]: r["tokens_per_s"] for r in rows if r["mode"] == "continuous batching"}
+        lines.append(
+            f"- generation in process, 128-token streams: {tps[1]:.0f} tokens/s at 1 stream, {tps[8]:.0f} at 8, "
+            f"{tps[32]:.0f} at 32;"
+        )
+    if results.get("workers"):
+        toy = results["workers"]["models"]["toy model"]
+        lines.append(f"- `WORKERS=2` on the toy model, 64 clients: {toy[1]['rps'] / toy[0]['rps']:.2f}x one worker;")
     if results.get("int8"):
         q = results["int8"]
         speed = ", ".join(f"{r['speedup']:.1f}x at batch {r['batch']}" for r in q["speed"])

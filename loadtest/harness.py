@@ -154,8 +154,9 @@ def drive(servers: Servers, seconds: float, work: Path) -> dict[str, list[dict]]
                 before = batch_totals(server.metrics()) if name.startswith("service") else None
                 cpu_before = main_thread_cpu_s(server.process.pid)
                 point = run_wrk(server.url, script, c, seconds)
-                if name.startswith("service"):
-                    # The event loop's own thread: the Python cost of each request, inference excluded.
+                if name.startswith("service") and env.get("WORKERS", "1") == "1":
+                    # The event loop's own thread: the Python cost of each request, inference excluded
+                    # (with WORKERS > 1 the process is the supervisor, whose loop serves nothing).
                     spent = main_thread_cpu_s(server.process.pid) - cpu_before
                     point["loop_us_per_request"] = spent * 1e6 / max(1, point["requests"])
                 log.info(

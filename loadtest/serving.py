@@ -87,6 +87,13 @@ def kserve_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
                 wrk_script(work, "/v1/next-token", request_bodies("next-token", prompts), tag),
             ),
             "service, KServe v2": ([py, "-m", "service"], env, "/v2/models/next_token/ready", v2_script),
+            # Triton's C++ frontend serves HTTP from several threads; the service's lever for that is WORKERS.
+            "service, KServe v2, WORKERS=2": (
+                [py, "-m", "service"],
+                {**env, "WORKERS": "2"},
+                "/v2/models/next_token/ready",
+                v2_script,
+            ),
         }
         if triton is not None:
             # Triton is ready before PyTriton has bound the model, so wait for the model itself.

@@ -44,8 +44,8 @@ def main() -> None:
     args = p.parse_args()
 
     manifest = json.loads((args.bundle / "manifest.json").read_text())
-    context = manifest["architecture"]["context_length"]
-    vocab = manifest["architecture"]["vocab_size"]
+    arch = manifest["architecture"]
+    context, vocab = arch["context_length"], arch["vocab_size"]
     tokenizer = Tokenizer.from_file(str(args.bundle / "tokenizer.json"))
     # The service's session options (service/core/engine.py): all cores to intra-op work, sequential.
     opts = ort.SessionOptions()
@@ -63,7 +63,8 @@ def main() -> None:
         out = np.empty((len(rows), vocab), dtype=np.float32)
         for group in group_by_length([len(r) for r in rows], args.max_padding):
             ids, mask = pad([rows[i] for i in group])
-            (out[group],) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+            heads = np.ones((len(group), arch["n_layer"], arch["n_head"]), dtype=np.float32)  # every head on
+            (out[group],) = session.run(None, {"input_ids": ids, "attention_mask": mask, "head_mask": heads})
         return {"next_token_logprobs": out}
 
     config = TritonConfig(http_port=args.http_port, grpc_port=args.http_port + 1, metrics_port=args.http_port + 2)

@@ -131,8 +131,11 @@ class GenerationStream:
         if self.finished and self._events.empty():
             raise StopAsyncIteration
         try:
-            async with asyncio.timeout(self._scheduler.step_timeout_s):
-                item = await self._events.get()
+            if not self._events.empty():  # steps arrive in bursts: most reads need no timer
+                item = self._events.get_nowait()
+            else:
+                async with asyncio.timeout(self._scheduler.step_timeout_s):
+                    item = await self._events.get()
         except TimeoutError as e:
             self.cancel()
             raise InferenceTimeoutError(f"no token within REQUEST_TIMEOUT_S={self._scheduler.step_timeout_s:g}s") from e
