@@ -16,6 +16,7 @@ from bundlespec.graphs import HEAD_MASK
 from bundlespec.padding import group_by_length, pad
 from service.core.bundle import Bundle
 from service.core.errors import BundleError, DeviceError
+from service.core.kvcache import Bound
 
 log = logging.getLogger(__name__)
 
@@ -172,17 +173,23 @@ class Engine:
             for i, n in enumerate(len(r.ids) for r in rows)
         ]
 
+    @property
+    def device(self) -> str:
+        """Where this engine's tensors live, as ONNX Runtime's IO binding names it."""
+        return "cuda" if self.provider == CUDA else "cpu"
+
     def decode(
         self,
         tokens: np.ndarray,
         positions: np.ndarray,
-        caches: Sequence[np.ndarray],
+        caches: Bound,
         head_mask: np.ndarray | None = None,
         attention: bool = False,
     ) -> Decoded:
-        """One step: tokens, positions (B,); caches: each layer's keys, then values, (B, nh, capacity,
-        hs) C-contiguous float32 storage that the step writes the new keys and values into, in place;
-        head_mask (B, L, nh), every head on when None. attention: also fetch each layer's weights.
+        """One step: tokens, positions (B,); caches: the KV storage the step reads and writes in place
+        (each layer's keys, then values, (B, nh, capacity, hs) on this engine's device, see
+        service/core/kvcache.py); head_mask (B, L, nh), every head on when None. attention: also
+        fetch each layer's weights.
 
         IO binding hands ONNX Runtime the storage's own memory for both the cache inputs and the
         present outputs, so nothing is copied in or out; the weights are computed either way (the
@@ -199,25 +206,24 @@ class Engine:
         session.run_with_iobinding(binding)
         # Outputs in binding order; the caches (already in place) are skipped, not read back.
         fetched = binding.get_outputs()
-        weights = [v.numpy() for v in fetched[1 + len(caches) :]] if attention else None
+        weights = [v.numpy() for v in fetched[1 + len(caches.addresses) :]] if attention else None
         return Decoded(fetched[0].numpy(), weights)
 
-    def _binding(self, caches: Sequence[np.ndarray], attention: bool) -> ort.IOBinding:
+    def _binding(self, caches: Bound, attention: bool) -> ort.IOBinding:
         """The decode graph's binding to this storage: made once per batch size and capacity, then
         reused (a new binding costs ONNX Runtime about 300 us of set-up per run, as much as a
-        one-row step's arithmetic). The storage's views of a given shape always lie at the same
+        one-row step's arithmetic). The storage's blocks of a given shape always lie at the same
         addresses, which the key includes, so a reused binding still points at the live storage."""
-        key = (caches[0].shape, attention, *(c.ctypes.data for c in caches))
+        key = (caches, attention)
         binding = self._bindings.get(key)
         if binding is not None:
             return binding
         binding = self.sessions["decode"].io_binding()
         binding.bind_output("next_token_logprobs", "cpu")
-        for name, output, cache in zip(self._cache_inputs, self._cache_outputs, caches, strict=True):
-            assert cache.flags.c_contiguous and cache.dtype == np.float32
-            shape, address = list(cache.shape), cache.ctypes.data
-            binding.bind_input(name, "cpu", 0, np.float32, shape, address)
-            binding.bind_output(output, "cpu", 0, np.float32, shape, address)
+        for name, output, address in zip(self._cache_inputs, self._cache_outputs, caches.addresses, strict=True):
+            shape = list(caches.shape)
+            binding.bind_input(name, caches.device, 0, np.float32, shape, address)
+            binding.bind_output(output, caches.device, 0, np.float32, shape, address)
         if attention:
             for name in self._attention_outputs:
                 binding.bind_output(name, "cpu")

@@ -198,7 +198,7 @@ class Scheduler:
         self.prefill_tokens_per_step = prefill_tokens_per_step
         arch = engine.bundle.arch
         self.cache: KVCache[GenerationStream] = KVCache(
-            arch.n_layer, arch.n_head, arch.d_head, max_active, arch.context_length
+            arch.n_layer, arch.n_head, arch.d_head, max_active, arch.context_length, engine.device
         )
         self._all_heads = np.ones((max_active, arch.n_layer, arch.n_head), dtype=np.float32)
         self.waiting: deque[GenerationStream] = deque()
@@ -334,9 +334,11 @@ class Scheduler:
         new first tokens go out at once. Otherwise decode every row for up to burst_s, stopping
         early when something starts waiting. Rows whose sequence ended leave the cache between
         decode calls, so each call's batch is a prefix of the storage."""
-        self._leave_cache()
-        running = len(self.cache.owners)
-        steps = self._prefill(admitted) if admitted else []
+        with self.cache.changes():
+            self._leave_cache()
+            running = len(self.cache.owners)
+            steps = self._prefill(admitted) if admitted else []
+            self.cache.fit(max((s.length for s in self.cache.owners), default=0))
         widths = []
         if admitted:
             if running:
@@ -347,7 +349,9 @@ class Scheduler:
         while self.cache.owners:
             steps += self._decode(len(self.cache.owners))
             widths.append(len(self.cache.owners))
-            self._leave_cache()
+            with self.cache.changes():
+                self._leave_cache()
+                self.cache.fit(max((s.length for s in self.cache.owners), default=0))
             if self.waiting or time.perf_counter() >= deadline:
                 break
         return steps, widths
@@ -370,7 +374,6 @@ class Scheduler:
         """One token for each of the cache's first rows."""
         streams = self.cache.owners[:rows]
         B = len(streams)
-        self.cache.fit(max(s.length for s in self.cache.owners))
         tokens = np.asarray([s.text.ids[-1] for s in streams], dtype=np.int64)
         positions = np.asarray([s.length for s in streams], dtype=np.int64)
         head_mask = self._all_heads[:B]
@@ -380,7 +383,7 @@ class Scheduler:
                 if s.params.head_mask is not None:
                     head_mask[b] = s.params.head_mask
         wants_attention = any(s.params.attention is not None for s in streams)
-        out = self.engine.decode(tokens, positions, self.cache.views(B), head_mask, attention=wants_attention)
+        out = self.engine.decode(tokens, positions, self.cache.bound(B), head_mask, attention=wants_attention)
         steps = []
         for b, s in enumerate(streams):
             if out.attention is not None and s.params.attention is not None:

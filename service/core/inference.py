@@ -27,6 +27,7 @@ from service.core.config import CoreConfig, ModelObservers
 from service.core.engine import Engine, Job
 from service.core.errors import InferenceTimeoutError, InputError, QueueFullError
 from service.core.generation import GenerationParams, GenerationStream, Scheduler
+from service.core.kvcache import KVCache
 from service.core.sampling import log_softmax, top_indices
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,11 @@ class InferenceCore:
         self.engine.prefill([Job(longest[:-1]), Job(longest[:3])])
         arch = self.bundle.arch
         n = len(longest)
-        caches = [np.zeros((2, arch.n_head, n, arch.d_head), dtype=np.float32) for _ in range(2 * arch.n_layer)]
-        self.engine.decode(longest[:2], np.array([n - 1] * 2), caches, attention=True)
+        cache: KVCache[int] = KVCache(arch.n_layer, arch.n_head, arch.d_head, 2, n, self.engine.device)
+        prompt = np.zeros((arch.n_layer, arch.n_head, n - 1, arch.d_head), dtype=np.float32)
+        for row in range(2):
+            cache.add(row, prompt, prompt)
+        self.engine.decode(longest[:2], np.array([n - 1] * 2), cache.bound(), attention=True)
 
     def start(self) -> None:
         # ONNX Runtime's own pool threads exist by now (the sessions made them): all but this one.

@@ -9,6 +9,13 @@ hands ONNX Runtime each layer's storage as it lies in memory (IO binding to the 
 and the graph writes the step's new keys and values into it (its present outputs are bound to the
 same buffers).
 
+The storage lives where the decode graph runs: ONNX Runtime OrtValues on the session's device
+(`cpu` or `cuda`), bound by address. A step therefore moves nothing between host and device. The
+writes outside a step (a new prompt's row, a row that moves, a change of capacity) happen once per
+sequence event, not per token: on the CPU they write the storage directly (an OrtValue's numpy view
+is its own memory); on a GPU they read the storage to the host, change it there and write it back,
+which costs a copy per such event and none per step.
+
 Two choices keep every step's inputs contiguous, so that they can be bound without a copy:
 - The live sequences hold rows 0..n-1. One that leaves hands its row to the last one (a single
   row moved, once), so a step's batch is always a prefix of the storage.
@@ -22,53 +29,83 @@ Two choices keep every step's inputs contiguous, so that they can be bound witho
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
+import onnxruntime as ort
 
 MIN_CAPACITY = 16
 Owner = TypeVar("Owner")
 
 
+@dataclass(frozen=True)
+class Bound:
+    """What the decode graph is bound to: every layer's keys, then values, as (rows, nh, capacity,
+    hs) float32 blocks at these addresses on this device."""
+
+    device: str
+    shape: tuple[int, int, int, int]
+    addresses: tuple[int, ...]
+
+
 class KVCache(Generic[Owner]):
-    def __init__(self, n_layer: int, n_head: int, d_head: int, rows: int, context: int) -> None:
+    def __init__(self, n_layer: int, n_head: int, d_head: int, rows: int, context: int, device: str = "cpu") -> None:
         self.n_layer, self.n_head, self.d_head = n_layer, n_head, d_head
         self.context = context
         self.max_rows = rows
+        self.device = device
+        size = rows * n_head * context * d_head
         # Keys of every layer, then values of every layer: the decode graph's input order.
-        self._buffers = [np.zeros(rows * n_head * context * d_head, dtype=np.float32) for _ in range(2 * n_layer)]
+        self._storage = [
+            ort.OrtValue.ortvalue_from_numpy(np.zeros(size, dtype=np.float32), device, 0) for _ in range(2 * n_layer)
+        ]
         self.capacity = self._tier(1)
         self.owners: list[Owner] = []  # owners[i] holds row i
         self._row: dict[int, int] = {}  # id(owner) -> row
+        self._grouping = False  # inside changes()
+        self._held: list[np.ndarray] | None = None  # host arrays read inside changes(), written back at its end
 
     @property
     def nbytes(self) -> int:
-        return sum(b.nbytes for b in self._buffers)
+        return sum(v.tensor_size_in_bytes() for v in self._storage)
+
+    @property
+    def addresses(self) -> list[int]:
+        """Where each buffer lies: fixed for the cache's life."""
+        return [v.data_ptr() for v in self._storage]
 
     def row(self, owner: Owner) -> int | None:
         return self._row.get(id(owner))
 
-    def views(self, rows: int | None = None) -> list[np.ndarray]:
-        """Each layer's keys, then each layer's values, for the first rows (all live ones by default):
-        (rows, nh, capacity, hs) views of the storage itself (writing to them writes the cache)."""
+    def bound(self, rows: int | None = None) -> Bound:
+        """The first rows (all live ones by default), for the decode graph: a prefix of each buffer."""
         n = len(self.owners) if rows is None else rows
-        shape = (n, self.n_head, self.capacity, self.d_head)
-        return [b[: n * self.n_head * self.capacity * self.d_head].reshape(shape) for b in self._buffers]
+        return Bound(self.device, (n, self.n_head, self.capacity, self.d_head), tuple(self.addresses))
+
+    def read(self) -> list[np.ndarray]:
+        """The live rows as host arrays (rows, nh, capacity, hs): the storage itself on the CPU, a
+        copy from a GPU."""
+        with self._host() as flat:
+            return self._shaped(flat)
 
     def add(self, owner: Owner, keys: np.ndarray, values: np.ndarray) -> int:
         """A new sequence's prompt: keys and values (L, nh, n, hs) go to the next free row."""
         if len(self.owners) >= self.max_rows:
             raise RuntimeError(f"the KV cache has no free row (all {self.max_rows} are held)")
         n = keys.shape[2]
-        self.owners.append(owner)
-        row = len(self.owners) - 1
-        self._row[id(owner)] = row
-        if self._tier(n) > self.capacity:
-            self._relayout(self._tier(n))
-        views = self.views()
-        for layer in range(self.n_layer):
-            views[layer][row, :, :n] = keys[layer]
-            views[self.n_layer + layer][row, :, :n] = values[layer]
+        with self._host() as flat:
+            if self._tier(n) > self.capacity:
+                self._relayout(flat, self._tier(n))
+            self.owners.append(owner)
+            row = len(self.owners) - 1
+            self._row[id(owner)] = row
+            views = self._shaped(flat)
+            for layer in range(self.n_layer):
+                views[layer][row, :, :n] = keys[layer]
+                views[self.n_layer + layer][row, :, :n] = values[layer]
         return row
 
     def remove(self, owner: Owner) -> None:
@@ -79,8 +116,9 @@ class KVCache(Generic[Owner]):
         last = len(self.owners) - 1
         if row != last:
             moved = self.owners[last]
-            for view in self.views():
-                view[row] = view[last]
+            with self._host() as flat:
+                for view in self._shaped(flat):
+                    view[row] = view[last]
             self.owners[row] = moved
             self._row[id(moved)] = row
         self.owners.pop()
@@ -90,7 +128,8 @@ class KVCache(Generic[Owner]):
         the longest being longest): grow to the next power of two, or shrink when the rows fit a quarter."""
         need = self._tier(longest + 1)
         if need > self.capacity or need * 4 <= self.capacity:
-            self._relayout(need if need > self.capacity else 2 * need)
+            with self._host() as flat:
+                self._relayout(flat, need if need > self.capacity else 2 * need)
 
     def _tier(self, positions: int) -> int:
         tier = MIN_CAPACITY
@@ -98,9 +137,50 @@ class KVCache(Generic[Owner]):
             tier *= 2
         return min(tier, self.context)
 
-    def _relayout(self, capacity: int) -> None:
+    @contextmanager
+    def changes(self) -> Iterator[None]:
+        """Group the changes between two steps (rows leaving, prompts joining, a new capacity), so
+        that a GPU's storage goes to the host and back at most once for all of them, and not at all
+        when nothing changes."""
+        if self._grouping:
+            yield
+            return
+        self._grouping = True
+        try:
+            yield
+        finally:
+            self._grouping = False
+            held, self._held = self._held, None
+            if held is not None:
+                self._write_back(held)
+
+    @contextmanager
+    def _host(self) -> Iterator[list[np.ndarray]]:
+        """The flat buffers as host arrays, for a change outside a step; written back from a GPU."""
+        if self._held is not None:
+            yield self._held
+            return
+        flat = [v.numpy() for v in self._storage]  # on the CPU, views of the storage itself
+        if self._grouping:
+            self._held = flat  # written back when changes() ends
+            yield flat
+            return
+        yield flat
+        self._write_back(flat)
+
+    def _write_back(self, flat: list[np.ndarray]) -> None:
+        for value, array in zip(self._storage, flat, strict=True):
+            if array.ctypes.data != value.data_ptr():  # a copy (from a GPU)
+                value.update_inplace(array)
+
+    def _shaped(self, flat: list[np.ndarray]) -> list[np.ndarray]:
+        n = len(self.owners)
+        size = n * self.n_head * self.capacity * self.d_head
+        return [b[:size].reshape(n, self.n_head, self.capacity, self.d_head) for b in flat]
+
+    def _relayout(self, flat: list[np.ndarray], capacity: int) -> None:
         keep = min(capacity, self.capacity)
-        old = [v[:, :, :keep].copy() for v in self.views()]  # the live rows only
+        old = [v[:, :, :keep].copy() for v in self._shaped(flat)]  # the live rows only
         self.capacity = capacity
-        for view, kept in zip(self.views(), old, strict=True):
+        for view, kept in zip(self._shaped(flat), old, strict=True):
             view[:, :, :keep] = kept
