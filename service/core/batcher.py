@@ -7,6 +7,10 @@ server is busy: if no row was waiting when the previous batch finished, the next
 (a lone client would otherwise pay the full delay on every request); rows whose caller has gone are dropped
 before the model runs. The model call goes to a dedicated executor so the event loop keeps
 answering health checks and taking requests while a batch runs.
+
+A row that has no answer within timeout_s fails with InferenceTimeoutError, whether it still waits
+or its batch runs. One timer per batcher does this, not one per request: rows are queued in time
+order, so their deadlines are too, and the timer only ever looks at the oldest unanswered row.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.core.errors import DrainingError, QueueFullError
+from service.core.errors import DrainingError, InferenceTimeoutError, QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,7 @@ class DynamicBatcher:
         observer: BatchObserver | None = None,
         cost: Callable[[Any], int] | None = None,
         max_batch_cost: int | None = None,
+        timeout_s: float = 30.0,
     ) -> None:
         self._run_batch = run_batch
         self._executor = executor
@@ -92,6 +98,9 @@ class DynamicBatcher:
         self._cost = cost
         self.max_batch_cost = max_batch_cost
         self._carry: _Row | None = None  # the row that would have passed the cost: first in the next batch
+        self.timeout_s = timeout_s
+        self._unanswered: deque[_Row] = deque()  # rows in the order queued, so in deadline order
+        self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._consume(), name=f"{self.name}-consumer")
@@ -114,11 +123,32 @@ class DynamicBatcher:
         for row in rows:
             self._queue.put_nowait(row)
         self._observer.queue_depth(self._queue.qsize())
+        pending = self._unanswered
+        while pending and pending[0].future.done():  # answered, mostly in the order queued
+            pending.popleft()
+        pending.extend(rows)
+        if self._timer is None:
+            self._timer = loop.call_at(loop.time() + self.timeout_s, self._expire)
         try:
+            if len(rows) == 1:  # most requests: no gather to build
+                return [await rows[0].future]
             return list(await asyncio.gather(*(r.future for r in rows)))
         finally:
             for row in rows:
                 row.future.cancel()  # no-op for finished rows; frees queued ones when the caller left
+
+    def _expire(self) -> None:
+        """Fail the rows past their deadline; then sleep until the oldest unanswered row's."""
+        self._timer = None
+        now = time.perf_counter()
+        pending = self._unanswered
+        while pending and (pending[0].future.done() or pending[0].enqueued + self.timeout_s <= now):
+            row = pending.popleft()
+            _resolve(row.future, error=InferenceTimeoutError(f"no answer within REQUEST_TIMEOUT_S={self.timeout_s:g}s"))
+        if pending:
+            loop = asyncio.get_running_loop()
+            wait = pending[0].enqueued + self.timeout_s - now
+            self._timer = loop.call_at(loop.time() + wait, self._expire)
 
     async def _collect(self) -> list[_Row]:
         if self._carry is not None:
@@ -204,3 +234,7 @@ class DynamicBatcher:
             unanswered.append(self._carry)
         for row in unanswered:
             _resolve(row.future, error=DrainingError("the server shut down"))
+        self._unanswered.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

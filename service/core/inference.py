@@ -25,7 +25,7 @@ from service.core.batcher import DynamicBatcher
 from service.core.bundle import Bundle
 from service.core.config import CoreConfig, ModelObservers
 from service.core.engine import Engine, Job
-from service.core.errors import InferenceTimeoutError, InputError, QueueFullError
+from service.core.errors import InputError, QueueFullError
 from service.core.generation import GenerationParams, GenerationStream, Scheduler
 from service.core.kvcache import KVCache
 from service.core.sampling import log_softmax, top_indices
@@ -97,6 +97,7 @@ class InferenceCore:
                 # The attention graph computes every map of every row: its batches are bounded by that work.
                 cost=(lambda job: maps * len(job.ids) ** 2) if name == "attention" else None,
                 max_batch_cost=config.max_attention_compute if name == "attention" else None,
+                timeout_s=config.request_timeout_s,
             )
             for name in ONE_SHOT
         }
@@ -215,10 +216,7 @@ class InferenceCore:
 
     async def _submit(self, name: str, jobs: list[Job]) -> list[Any]:
         try:
-            async with asyncio.timeout(self.config.request_timeout_s):
-                return await self.batchers[name].submit(jobs)
-        except TimeoutError as e:
-            raise InferenceTimeoutError(f"no answer within REQUEST_TIMEOUT_S={self.config.request_timeout_s:g}s") from e
+            return await self.batchers[name].submit(jobs)  # InferenceTimeoutError past REQUEST_TIMEOUT_S
         except QueueFullError:
             self.observers.rejected(name, len(jobs))
             raise

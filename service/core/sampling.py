@@ -17,7 +17,10 @@ def log_softmax(logprobs: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """
     lp = logprobs.astype(np.float64)
     lp = (lp - lp.max(axis=-1, keepdims=True)) / temperature
-    return lp - np.logaddexp.reduce(lp, axis=-1, keepdims=True)
+    # After the shift every term is <= 0 and the largest is exp(0) = 1, so the plain sum neither
+    # overflows nor underflows; np.logaddexp.reduce gives the same to 1e-14 at ten times the cost
+    # (about 75 us against 7 for 2,048 tokens), and this runs on the event loop for every request.
+    return lp - np.log(np.exp(lp).sum(axis=-1, keepdims=True))
 
 
 def top_indices(lp: np.ndarray, k: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from service.core.batcher import DynamicBatcher
-from service.core.errors import DrainingError, QueueFullError
+from service.core.errors import DrainingError, InferenceTimeoutError, QueueFullError
 
 
 class Recorder:
@@ -179,3 +179,26 @@ def test_stop_finishes_accepted_rows_then_refuses_new_ones():
         return [t.result() for t in accepted]
 
     assert run(main()) == [[0], [2], [4], [6], [8]]
+
+
+def test_rows_past_the_timeout_fail_whether_waiting_or_running_and_later_ones_still_answer():
+    rec = Recorder(delay=0.3)
+
+    async def main():
+        b = make(rec, max_batch_size=1, timeout_s=0.1)
+        b.start()
+        running = asyncio.ensure_future(b.submit([1]))  # its batch takes 0.3 s
+        await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(b.submit([2]))  # queued behind it
+        for task in (running, waiting):
+            with pytest.raises(InferenceTimeoutError, match="REQUEST_TIMEOUT_S=0.1s"):
+                await task
+        await asyncio.sleep(0.3)  # the first batch ends; the second row is dropped, not run
+        rec.delay = 0.0
+        assert await b.submit([3]) == [6]
+        await b.stop()
+        return b
+
+    b = run(main())
+    assert rec.batches == [[1], [3]]
+    assert not b._unanswered and b._timer is None
