@@ -140,7 +140,9 @@ def decode_step_bench(engine, steps: int = 200) -> list[dict]:
     for batch in GEN_STREAMS:
         for capacity in (64, arch.context_length):
             for attention in (False, True) if batch == max(GEN_STREAMS) else (False,):
-                cache: KVCache[int] = KVCache(arch.n_layer, arch.n_head, arch.d_head, batch, arch.context_length)
+                cache: KVCache[int] = KVCache(
+                    arch.n_layer, arch.n_head, arch.d_head, batch, arch.context_length, engine
+                )
                 prompt = np.zeros((arch.n_layer, arch.n_head, capacity - 1, arch.d_head), dtype=np.float32)
                 for b in range(batch):
                     cache.add(b, prompt, prompt)

@@ -32,6 +32,12 @@ generation can run with heads ablated):
                  itself last, zero after). One tensor per layer, not one stacked tensor, so that
                  each layer reads and writes its storage directly: slicing a layer out of a stacked
                  input would copy it.
+Two helper graphs, the same in every bundle and without weights, for the KV cache storage of the
+service (service/core/kvcache.py): bound to places in it (or to a host array), they copy on the
+device the model runs on, which ONNX Runtime's Python API offers no other way to do.
+    copy         source [size] -> target [size], unchanged
+    resize_cache cache [batch, heads, capacity, d_head], new_capacity [1] -> resized [batch, heads,
+                 new_capacity, d_head]: positions cut, or padded with zeros
 Names that end in "_l" (TensorSpec.per_layer) stand for one tensor per layer: name_0 .. name_{L-1}.
 """
 
@@ -41,8 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-BATCH, SEQ, SEQ_MINUS_1, CAPACITY = "batch", "seq", "seq_minus_1", "capacity"
-DYNAMIC = frozenset({BATCH, SEQ, SEQ_MINUS_1, CAPACITY})
+BATCH, SEQ, SEQ_MINUS_1, CAPACITY, SIZE = "batch", "seq", "seq_minus_1", "capacity", "size"
+DYNAMIC = frozenset({BATCH, SEQ, SEQ_MINUS_1, CAPACITY, SIZE, "new_capacity"})
 # How many alternatives the score graph returns per position (OpenAI's echo with logprobs).
 TOP_LOGPROBS = 20
 # How many tokens the logit lens returns per layer and position (its top_k's ceiling).
@@ -179,6 +185,13 @@ GRAPHS: dict[str, GraphSpec] = {
                 _f32_layers("step_attention", BATCH, "heads", CAPACITY),
             ),
             tolerance=1e-4,
+        ),
+        GraphSpec("copy", (_f32("source", SIZE),), (_f32("target", SIZE),), tolerance=0.0),
+        GraphSpec(
+            "resize_cache",
+            (_f32("cache", *SLOT_AXES), _i64("new_capacity", 1)),
+            (_f32("resized", BATCH, "heads", "new_capacity", "d_head"),),
+            tolerance=0.0,
         ),
     )
 }

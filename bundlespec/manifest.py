@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # 2: prefill and decode graphs (KV cache), top-k alternatives from score, a typed manifest.
-BUNDLE_FORMAT = 4  # 3: head_mask inputs and the logit_lens graph; 4: decode writes into fixed-size caches
+# 3: head_mask inputs and the logit_lens graph; 4: decode writes into fixed-size caches; 5: the copy graph
+BUNDLE_FORMAT = 5
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.bin"
 TOKENIZER_FILE = "tokenizer.json"

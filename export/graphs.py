@@ -114,8 +114,14 @@ def wrap(name: str, model: AttentionLM) -> PromptGraph:
     return WRAPPERS[name](model).eval()
 
 
+HELPERS = ("copy", "resize_cache")
+
+
 def export_graph(model: AttentionLM, name: str, path: str, opset: int = 17) -> None:
     """Trace one graph to ONNX with the dynamic axes that bundlespec names."""
+    if name in HELPERS:
+        _write_helper_graph(name, path, opset)
+        return
     inputs, outputs = GRAPHS[name].tensors(model.cfg.n_layer)
     graph = wrap(name, model)
     torch.onnx.export(
@@ -128,3 +134,43 @@ def export_graph(model: AttentionLM, name: str, path: str, opset: int = 17) -> N
         opset_version=opset,
         dynamo=False,
     )
+
+
+def _write_helper_graph(name: str, path: str, opset: int) -> None:
+    """The weight-free helper graphs (bundlespec: copy and resize_cache), written node by node."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    if name == "copy":
+        inputs = [helper.make_tensor_value_info("source", f32, ["size"])]
+        outputs = [helper.make_tensor_value_info("target", f32, ["size"])]
+        nodes = [helper.make_node("Identity", ["source"], ["target"])]
+    else:  # resize_cache: pad axis 2 up to new_capacity with zeros, then cut it to new_capacity
+        axes = ["batch", "heads", "capacity", "d_head"]
+        inputs = [
+            helper.make_tensor_value_info("cache", f32, axes),
+            helper.make_tensor_value_info("new_capacity", i64, [1]),
+        ]
+        outputs = [helper.make_tensor_value_info("resized", f32, ["batch", "heads", "new_capacity", "d_head"])]
+
+        def const(n: str, values: list[int]):
+            return helper.make_node("Constant", [], [n], value=helper.make_tensor(n, i64, [len(values)], values))
+
+        nodes = [
+            const("two", [2]),
+            const("zero", [0]),
+            const("six_zeros", [0] * 6),
+            helper.make_node("Shape", ["cache"], ["shape"]),
+            helper.make_node("Gather", ["shape", "two"], ["capacity"]),  # [1]
+            helper.make_node("Sub", ["new_capacity", "capacity"], ["missing"]),
+            helper.make_node("Max", ["missing", "zero"], ["grow"]),
+            helper.make_node("Concat", ["six_zeros", "grow", "zero"], ["pads"], axis=0),  # pad axis 2's end
+            helper.make_node("Pad", ["cache", "pads"], ["padded"]),
+            helper.make_node("Slice", ["padded", "zero", "new_capacity", "two"], ["resized"]),
+        ]
+    graph = helper.make_graph(nodes, name, inputs, outputs)
+    # The IR version of the traced graphs: onnx's own default can be newer than ONNX Runtime reads.
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)

@@ -178,4 +178,22 @@ def verify_bundle(model: AttentionLM, bundle_dir: Path, trials: int = 12, seed: 
     rng = np.random.default_rng(seed)
     worst = verify_one_shot(model, bundle_dir, trials, rng)
     worst["generation"] = verify_generation(model, bundle_dir, max(2, trials // 4), rng)
+    verify_helpers(bundle_dir, rng)
     return worst
+
+
+def verify_helpers(bundle_dir: Path, rng: np.random.Generator) -> None:
+    """The copy and resize_cache graphs do exactly what bundlespec says."""
+    data = rng.standard_normal(1000).astype(np.float32)
+    (copied,) = _session(bundle_dir, "copy").run(None, {"source": data})
+    if not np.array_equal(copied, data):
+        raise ParityError("copy: the target differs from the source")
+    cache = rng.standard_normal((3, 2, 8, 4)).astype(np.float32)
+    resize = _session(bundle_dir, "resize_cache")
+    for capacity in (4, 8, 16):
+        (resized,) = resize.run(None, {"cache": cache, "new_capacity": np.array([capacity], dtype=np.int64)})
+        want = np.zeros((3, 2, capacity, 4), dtype=np.float32)
+        keep = min(capacity, 8)
+        want[:, :, :keep] = cache[:, :, :keep]
+        if not np.array_equal(resized, want):
+            raise ParityError(f"resize_cache: capacity 8 -> {capacity} is wrong")

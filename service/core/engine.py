@@ -209,6 +209,29 @@ class Engine:
         weights = [v.numpy() for v in fetched[1 + len(caches.addresses) :]] if attention else None
         return Decoded(fetched[0].numpy(), weights)
 
+    def copy(self, target: int, size: int, source: np.ndarray | int) -> None:
+        """Write size float32s at the device address target, from a host array or from another
+        device address (the copy graph: a copy on this engine's device, with no host round trip)."""
+        session = self.sessions["copy"]
+        binding = session.io_binding()
+        if isinstance(source, np.ndarray):
+            binding.bind_cpu_input("source", np.ascontiguousarray(source, dtype=np.float32).reshape(-1))
+        else:
+            binding.bind_input("source", self.device, 0, np.float32, [size], source)
+        binding.bind_output("target", self.device, 0, np.float32, [size], target)
+        session.run_with_iobinding(binding)
+
+    def resize(self, source: int, shape: tuple[int, int, int, int], target: int, capacity: int) -> None:
+        """Lay the (rows, nh, capacity, hs) block at source out again at target with a new capacity
+        (positions cut, or padded with zeros); the two must not overlap."""
+        session = self.sessions["resize_cache"]
+        binding = session.io_binding()
+        rows, heads, _, d_head = shape
+        binding.bind_input("cache", self.device, 0, np.float32, list(shape), source)
+        binding.bind_cpu_input("new_capacity", np.array([capacity], dtype=np.int64))
+        binding.bind_output("resized", self.device, 0, np.float32, [rows, heads, capacity, d_head], target)
+        session.run_with_iobinding(binding)
+
     def _binding(self, caches: Bound, attention: bool) -> ort.IOBinding:
         """The decode graph's binding to this storage: made once per batch size and capacity, then
         reused (a new binding costs ONNX Runtime about 300 us of set-up per run, as much as a

@@ -198,7 +198,7 @@ class Scheduler:
         self.prefill_tokens_per_step = prefill_tokens_per_step
         arch = engine.bundle.arch
         self.cache: KVCache[GenerationStream] = KVCache(
-            arch.n_layer, arch.n_head, arch.d_head, max_active, arch.context_length, engine.device
+            arch.n_layer, arch.n_head, arch.d_head, max_active, arch.context_length, engine
         )
         self._all_heads = np.ones((max_active, arch.n_layer, arch.n_head), dtype=np.float32)
         self.waiting: deque[GenerationStream] = deque()
@@ -334,11 +334,10 @@ class Scheduler:
         new first tokens go out at once. Otherwise decode every row for up to burst_s, stopping
         early when something starts waiting. Rows whose sequence ended leave the cache between
         decode calls, so each call's batch is a prefix of the storage."""
-        with self.cache.changes():
-            self._leave_cache()
-            running = len(self.cache.owners)
-            steps = self._prefill(admitted) if admitted else []
-            self.cache.fit(max((s.length for s in self.cache.owners), default=0))
+        self._leave_cache()
+        running = len(self.cache.owners)
+        steps = self._prefill(admitted) if admitted else []
+        self.cache.fit(max((s.length for s in self.cache.owners), default=0))
         widths = []
         if admitted:
             if running:
@@ -349,9 +348,8 @@ class Scheduler:
         while self.cache.owners:
             steps += self._decode(len(self.cache.owners))
             widths.append(len(self.cache.owners))
-            with self.cache.changes():
-                self._leave_cache()
-                self.cache.fit(max((s.length for s in self.cache.owners), default=0))
+            self._leave_cache()
+            self.cache.fit(max((s.length for s in self.cache.owners), default=0))
             if self.waiting or time.perf_counter() >= deadline:
                 break
         return steps, widths

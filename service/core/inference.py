@@ -130,7 +130,7 @@ class InferenceCore:
         self.engine.prefill([Job(longest[:-1]), Job(longest[:3])])
         arch = self.bundle.arch
         n = len(longest)
-        cache: KVCache[int] = KVCache(arch.n_layer, arch.n_head, arch.d_head, 2, n, self.engine.device)
+        cache: KVCache[int] = KVCache(arch.n_layer, arch.n_head, arch.d_head, 2, n, self.engine)
         prompt = np.zeros((arch.n_layer, arch.n_head, n - 1, arch.d_head), dtype=np.float32)
         for row in range(2):
             cache.add(row, prompt, prompt)

@@ -10,11 +10,11 @@ and the graph writes the step's new keys and values into it (its present outputs
 same buffers).
 
 The storage lives where the decode graph runs: ONNX Runtime OrtValues on the session's device
-(`cpu` or `cuda`), bound by address. A step therefore moves nothing between host and device. The
-writes outside a step (a new prompt's row, a row that moves, a change of capacity) happen once per
-sequence event, not per token: on the CPU they write the storage directly (an OrtValue's numpy view
-is its own memory); on a GPU they read the storage to the host, change it there and write it back,
-which costs a copy per such event and none per step.
+(`cpu` or `cuda`), bound by address, and it never goes to the host. The writes outside a step run
+on the device too, through the bundle's two helper graphs bound to places in the storage: a new
+prompt's row is one copy per layer's keys and values from the prefill's output; a row that moves is
+one device-to-device copy each; a change of capacity is a resize into a scratch buffer and a copy
+back, per buffer. The same calls run on the CPU, so the tests run the GPU's code path.
 
 Two choices keep every step's inputs contiguous, so that they can be bound without a copy:
 - The live sequences hold rows 0..n-1. One that leaves hands its row to the last one (a single
@@ -29,15 +29,14 @@ Two choices keep every step's inputs contiguous, so that they can be bound witho
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 MIN_CAPACITY = 16
+FLOAT = 4  # bytes
 Owner = TypeVar("Owner")
 
 
@@ -51,26 +50,39 @@ class Bound:
     addresses: tuple[int, ...]
 
 
+class DeviceCopies(Protocol):
+    """Copies on the device (the engine runs them with the bundle's helper graphs)."""
+
+    @property
+    def device(self) -> str: ...
+
+    def copy(self, target: int, size: int, source: np.ndarray | int) -> None: ...
+
+    def resize(self, source: int, shape: tuple[int, int, int, int], target: int, capacity: int) -> None: ...
+
+
 class KVCache(Generic[Owner]):
-    def __init__(self, n_layer: int, n_head: int, d_head: int, rows: int, context: int, device: str = "cpu") -> None:
+    def __init__(self, n_layer: int, n_head: int, d_head: int, rows: int, context: int, ops: DeviceCopies) -> None:
         self.n_layer, self.n_head, self.d_head = n_layer, n_head, d_head
         self.context = context
         self.max_rows = rows
-        self.device = device
+        self.ops = ops
+        self.device = ops.device
         size = rows * n_head * context * d_head
+
+        def buffer() -> ort.OrtValue:
+            return ort.OrtValue.ortvalue_from_numpy(np.zeros(size, dtype=np.float32), self.device, 0)
+
         # Keys of every layer, then values of every layer: the decode graph's input order.
-        self._storage = [
-            ort.OrtValue.ortvalue_from_numpy(np.zeros(size, dtype=np.float32), device, 0) for _ in range(2 * n_layer)
-        ]
+        self._storage = [buffer() for _ in range(2 * n_layer)]
+        self._scratch = buffer()  # where a buffer's rows are laid out anew when the capacity changes
         self.capacity = self._tier(1)
         self.owners: list[Owner] = []  # owners[i] holds row i
         self._row: dict[int, int] = {}  # id(owner) -> row
-        self._grouping = False  # inside changes()
-        self._held: list[np.ndarray] | None = None  # host arrays read inside changes(), written back at its end
 
     @property
     def nbytes(self) -> int:
-        return sum(v.tensor_size_in_bytes() for v in self._storage)
+        return sum(v.tensor_size_in_bytes() for v in (*self._storage, self._scratch))
 
     @property
     def addresses(self) -> list[int]:
@@ -86,26 +98,27 @@ class KVCache(Generic[Owner]):
         return Bound(self.device, (n, self.n_head, self.capacity, self.d_head), tuple(self.addresses))
 
     def read(self) -> list[np.ndarray]:
-        """The live rows as host arrays (rows, nh, capacity, hs): the storage itself on the CPU, a
-        copy from a GPU."""
-        with self._host() as flat:
-            return self._shaped(flat)
+        """The live rows as host arrays (rows, nh, capacity, hs), for inspection: the storage itself
+        on the CPU, a copy from a GPU."""
+        n = len(self.owners)
+        size = n * self.n_head * self.capacity * self.d_head
+        return [v.numpy()[:size].reshape(n, self.n_head, self.capacity, self.d_head) for v in self._storage]
 
     def add(self, owner: Owner, keys: np.ndarray, values: np.ndarray) -> int:
         """A new sequence's prompt: keys and values (L, nh, n, hs) go to the next free row."""
         if len(self.owners) >= self.max_rows:
             raise RuntimeError(f"the KV cache has no free row (all {self.max_rows} are held)")
         n = keys.shape[2]
-        with self._host() as flat:
-            if self._tier(n) > self.capacity:
-                self._relayout(flat, self._tier(n))
-            self.owners.append(owner)
-            row = len(self.owners) - 1
-            self._row[id(owner)] = row
-            views = self._shaped(flat)
-            for layer in range(self.n_layer):
-                views[layer][row, :, :n] = keys[layer]
-                views[self.n_layer + layer][row, :, :n] = values[layer]
+        if self._tier(n) > self.capacity:
+            self._relayout(self._tier(n))
+        self.owners.append(owner)
+        row = len(self.owners) - 1
+        self._row[id(owner)] = row
+        # One whole row per buffer (positions past the prompt are zeros): a single contiguous copy.
+        staged = np.zeros((self.n_head, self.capacity, self.d_head), dtype=np.float32)
+        for address, source in zip(self.addresses, (*keys, *values), strict=True):
+            staged[:, :n] = source
+            self.ops.copy(address + row * self._row_bytes, staged.size, staged)
         return row
 
     def remove(self, owner: Owner) -> None:
@@ -116,9 +129,9 @@ class KVCache(Generic[Owner]):
         last = len(self.owners) - 1
         if row != last:
             moved = self.owners[last]
-            with self._host() as flat:
-                for view in self._shaped(flat):
-                    view[row] = view[last]
+            size = self._row_bytes // FLOAT
+            for address in self.addresses:
+                self.ops.copy(address + row * self._row_bytes, size, address + last * self._row_bytes)
             self.owners[row] = moved
             self._row[id(moved)] = row
         self.owners.pop()
@@ -128,8 +141,11 @@ class KVCache(Generic[Owner]):
         the longest being longest): grow to the next power of two, or shrink when the rows fit a quarter."""
         need = self._tier(longest + 1)
         if need > self.capacity or need * 4 <= self.capacity:
-            with self._host() as flat:
-                self._relayout(flat, need if need > self.capacity else 2 * need)
+            self._relayout(need if need > self.capacity else 2 * need)
+
+    @property
+    def _row_bytes(self) -> int:
+        return self.n_head * self.capacity * self.d_head * FLOAT
 
     def _tier(self, positions: int) -> int:
         tier = MIN_CAPACITY
@@ -137,50 +153,13 @@ class KVCache(Generic[Owner]):
             tier *= 2
         return min(tier, self.context)
 
-    @contextmanager
-    def changes(self) -> Iterator[None]:
-        """Group the changes between two steps (rows leaving, prompts joining, a new capacity), so
-        that a GPU's storage goes to the host and back at most once for all of them, and not at all
-        when nothing changes."""
-        if self._grouping:
-            yield
-            return
-        self._grouping = True
-        try:
-            yield
-        finally:
-            self._grouping = False
-            held, self._held = self._held, None
-            if held is not None:
-                self._write_back(held)
-
-    @contextmanager
-    def _host(self) -> Iterator[list[np.ndarray]]:
-        """The flat buffers as host arrays, for a change outside a step; written back from a GPU."""
-        if self._held is not None:
-            yield self._held
-            return
-        flat = [v.numpy() for v in self._storage]  # on the CPU, views of the storage itself
-        if self._grouping:
-            self._held = flat  # written back when changes() ends
-            yield flat
-            return
-        yield flat
-        self._write_back(flat)
-
-    def _write_back(self, flat: list[np.ndarray]) -> None:
-        for value, array in zip(self._storage, flat, strict=True):
-            if array.ctypes.data != value.data_ptr():  # a copy (from a GPU)
-                value.update_inplace(array)
-
-    def _shaped(self, flat: list[np.ndarray]) -> list[np.ndarray]:
+    def _relayout(self, capacity: int) -> None:
         n = len(self.owners)
-        size = n * self.n_head * self.capacity * self.d_head
-        return [b[:size].reshape(n, self.n_head, self.capacity, self.d_head) for b in flat]
-
-    def _relayout(self, flat: list[np.ndarray], capacity: int) -> None:
-        keep = min(capacity, self.capacity)
-        old = [v[:, :, :keep].copy() for v in self._shaped(flat)]  # the live rows only
+        old = (n, self.n_head, self.capacity, self.d_head)
         self.capacity = capacity
-        for view, kept in zip(self._shaped(flat), old, strict=True):
-            view[:, :, :keep] = kept
+        if n == 0:
+            return
+        scratch = self._scratch.data_ptr()
+        for address in self.addresses:
+            self.ops.resize(address, old, scratch, capacity)
+            self.ops.copy(address, n * self._row_bytes // FLOAT, scratch)

@@ -182,7 +182,8 @@ def test_the_int8_variant_quantizes_next_token_and_score_and_keeps_attention_exa
     bundle = load_bundle(tmp_path / "int8")  # every hash checks out
     precision = {name: g.precision for name, g in bundle.manifest.graphs.items()}
     assert precision == {"next_token": "int8", "score": "int8", "attention": "float32", "logit_lens": "float32",
-                         "prefill": "float32", "decode": "float32"}  # fmt: skip
+                         "prefill": "float32", "decode": "float32", "copy": "float32",
+                         "resize_cache": "float32"}  # fmt: skip
     assert bundle.name == "toy-int8"
     int8, fp32 = Engine(bundle, "cpu", max_padding=0.1), Engine(load_bundle(toy_bundle), "cpu", max_padding=0.1)
     graph = onnx.load(str(tmp_path / "int8" / "next_token.onnx"), load_external_data=False)
