@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["explorer"] = explorer_bench(args.bundle, Path(tmp))
             else:
                 results["kserve"] = kserve_bench(args.bundle, args.seconds, Path(tmp))
+        results.setdefault("rerun", {})[args.only] = time.strftime("%Y-%m-%d")
         (args.docs / "results.json").write_text(json.dumps(results, indent=2))
         write_reports(results, args, notes)
         return 0
