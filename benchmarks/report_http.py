@@ -101,7 +101,7 @@ def workers_report(results: dict) -> list[str]:
         "",
         f"`WORKERS=1` against `WORKERS=2` (two whole servers on one port, SO_REUSEPORT), next-token requests from "
         f"one wrk thread at {w['connections']} connections for {w['seconds']:g} s each, on this machine's "
-        f"{machine_cores()} cores (wrk takes a share of them too).",
+        f"{results['machine']['cores']} cores (wrk takes a share of them too).",
         "",
         "| model | workers | req/s | p50 ms | p99 ms | vs one worker |",
         "|---|---|---|---|---|---|",
@@ -114,12 +114,6 @@ def workers_report(results: dict) -> list[str]:
                 f"{r['rps'] / one:.2f}x |"
             )
     return [*out, ""]
-
-
-def machine_cores() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 def toy_report(results: dict, docs: Path) -> list[str]:
@@ -234,21 +228,21 @@ def triton_rows(results: dict, top: int) -> list[str]:
         if triton is None or ours is None:
             rows.append(f"| {goal} | not measured (no .venv-triton) | - |")
             continue
-        ratio = ours[top]["rps"] / triton[top]["rps"]
-        ok = ratio >= factor and ours[top]["p99_ms"] <= triton[top]["p99_ms"]
-        rows.append(
-            f"| {goal} | {ours[top]['rps']:.0f} vs {triton[top]['rps']:.0f} req/s ({ratio:.2f}x); "
-            f"p99 {ours[top]['p99_ms']:.0f} vs {triton[top]['p99_ms']:.0f} ms | {verdict(ok)} |"
-        )
+        rows.append(_against_triton(goal, ours[top], triton[top], factor))
         two = at.get("service, KServe v2, WORKERS=2")
         if two is not None:
-            ratio2 = two[top]["rps"] / triton[top]["rps"]
-            ok2 = ratio2 >= factor and two[top]["p99_ms"] <= triton[top]["p99_ms"]
-            rows.append(
-                f"| the same, the service with WORKERS=2 | {two[top]['rps']:.0f} vs {triton[top]['rps']:.0f} req/s "
-                f"({ratio2:.2f}x); p99 {two[top]['p99_ms']:.0f} vs {triton[top]['p99_ms']:.0f} ms | {verdict(ok2)} |"
-            )
+            rows.append(_against_triton("the same, the service with WORKERS=2", two[top], triton[top], factor))
     return rows
+
+
+def _against_triton(goal: str, ours: dict, triton: dict, factor: float) -> str:
+    """A target row: at least factor x Triton's requests/s, with a p99 no higher."""
+    ratio = ours["rps"] / triton["rps"]
+    ok = ratio >= factor and ours["p99_ms"] <= triton["p99_ms"]
+    return (
+        f"| {goal} | {ours['rps']:.0f} vs {triton['rps']:.0f} req/s ({ratio:.2f}x); "
+        f"p99 {ours['p99_ms']:.0f} vs {triton['p99_ms']:.0f} ms | {verdict(ok)} |"
+    )
 
 
 def more_target_rows(results: dict) -> list[str]:

@@ -30,6 +30,7 @@ from service.core.engine import Engine, Job
 from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
 from service.core.kvcache import KVCache
 from service.core.sampling import Sampler, SamplingParams, top_indices
+from service.core.text import TextTracker
 
 log = logging.getLogger(__name__)
 
@@ -57,52 +58,6 @@ class Step:
     # (layers, heads, n): how the position that predicted this token attended to the n tokens before it
     attention: np.ndarray | None
     finish_reason: str | None = None  # "stop" or "length" on the last step
-
-
-class TextTracker:
-    """Turns tokens into text that is safe to hand out, and finds stop strings.
-
-    Byte-level tokens can end inside a UTF-8 character, so the decoded text is held back while it
-    ends in a replacement character; text that could be the start of a stop string is held back
-    too, so a stop string never reaches the caller.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], min_tokens: int = 0) -> None:
-        self.tokenizer = tokenizer
-        self.stop = stop
-        self.min_tokens = min_tokens
-        self.stop_from = 0  # a stop string counts only if it starts here or later (after min_tokens)
-        self.ids: list[int] = []  # every token generated so far
-        self.text = ""
-        self.emitted = 0  # characters of text handed out
-
-    def add(self, token_id: int) -> tuple[str, bool]:
-        """Returns the newly safe text and whether a stop string was found (text ends before it)."""
-        self.ids.append(token_id)
-        self.text = self.tokenizer.decode(self.ids)
-        if len(self.ids) < self.min_tokens:
-            # No stop string yet: nothing is held back, and none may start inside what was handed out.
-            self.stop_from = len(self.text.rstrip("\ufffd"))
-            return self._take(self.stop_from), False
-        start = self.stop_from
-        hits = [i for s in self.stop if (i := self.text.find(s, max(start, self.emitted - len(s)))) >= 0]
-        if hits:
-            return self._take(min(hits)), True
-        safe = len(self.text.rstrip("\ufffd"))
-        for s in self.stop:
-            for k in range(min(len(s) - 1, safe - self.emitted), 0, -1):
-                if self.text[:safe].endswith(s[:k]):
-                    safe -= k
-                    break
-        return self._take(safe), False
-
-    def flush(self) -> str:
-        return self._take(len(self.text))
-
-    def _take(self, end: int) -> str:
-        end = max(end, self.emitted)
-        delta, self.emitted = self.text[self.emitted : end], end
-        return delta
 
 
 class GenerationStream:
@@ -334,10 +289,10 @@ class Scheduler:
         new first tokens go out at once. Otherwise decode every row for up to burst_s, stopping
         early when something starts waiting. Rows whose sequence ended leave the cache between
         decode calls, so each call's batch is a prefix of the storage."""
-        self._leave_cache()
+        self._leave_cache()  # first, so that the admitted find their rows free
         running = len(self.cache.owners)
         steps = self._prefill(admitted) if admitted else []
-        self.cache.fit(max((s.length for s in self.cache.owners), default=0))
+        self._fit_cache()
         widths = []
         if admitted:
             if running:
@@ -349,7 +304,7 @@ class Scheduler:
             steps += self._decode(len(self.cache.owners))
             widths.append(len(self.cache.owners))
             self._leave_cache()
-            self.cache.fit(max((s.length for s in self.cache.owners), default=0))
+            self._fit_cache()
             if self.waiting or time.perf_counter() >= deadline:
                 break
         return steps, widths
@@ -357,6 +312,10 @@ class Scheduler:
     def _leave_cache(self) -> None:
         for s in [s for s in self.cache.owners if s.cancelled or s.exhausted]:
             self.cache.remove(s)
+
+    def _fit_cache(self) -> None:
+        """Room for the next decode call, which writes at each row's length."""
+        self.cache.fit(max((s.length for s in self.cache.owners), default=0))
 
     def _prefill(self, streams: list[GenerationStream]) -> list[tuple[GenerationStream, Step]]:
         steps = []

@@ -81,10 +81,6 @@ class KVCache(Generic[Owner]):
         self._row: dict[int, int] = {}  # id(owner) -> row
 
     @property
-    def nbytes(self) -> int:
-        return sum(v.tensor_size_in_bytes() for v in (*self._storage, self._scratch))
-
-    @property
     def addresses(self) -> list[int]:
         """Where each buffer lies: fixed for the cache's life."""
         return [v.data_ptr() for v in self._storage]

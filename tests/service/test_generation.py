@@ -11,9 +11,10 @@ import pytest
 from service.core.bundle import load_bundle
 from service.core.engine import Engine, Job
 from service.core.errors import InputError, QueueFullError
-from service.core.generation import GenerationObserver, GenerationParams, Scheduler, TextTracker
+from service.core.generation import GenerationObserver, GenerationParams, Scheduler
 from service.core.kvcache import KVCache
 from service.core.sampling import Sampler, SamplingParams, log_softmax
+from service.core.text import TextTracker
 
 GREEDY = SamplingParams(temperature=0)
 
