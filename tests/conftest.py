@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,14 +38,19 @@ def toy_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_toy_bundle(tmp_path_factory.mktemp("bundle") / "toy")
 
 
+def place_version(bundle: Path, version_dir: Path) -> Path:
+    """A copy of the bundle as a version of a repository model: the server refuses a version directory
+    that is a symlink out of its repository (and a copy can be changed without touching the original)."""
+    shutil.copytree(bundle, version_dir)
+    return version_dir
+
+
 def model_repository(tmp: Path, toy: Path, *, shakespeare: bool = True) -> Path:
     """A repository of the toy model (version 1) and, unless told not to, the Shakespeare model."""
     repo = tmp / "repo"
-    (repo / "toy").mkdir(parents=True)
-    (repo / "toy" / "1").symlink_to(toy)
+    place_version(toy, repo / "toy" / "1")
     if shakespeare:
-        (repo / "attnserve-shakespeare").mkdir()
-        (repo / "attnserve-shakespeare" / "1").symlink_to(DEFAULT_BUNDLE)
+        place_version(DEFAULT_BUNDLE, repo / "attnserve-shakespeare" / "1")
     return repo
 
 

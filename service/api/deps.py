@@ -55,6 +55,19 @@ def release_leases(scope: MutableMapping[str, Any]) -> str:
     return leases[0].served.name if leases else ""
 
 
+def not_ready(state: Any) -> tuple[str, str] | None:
+    """Why the server is not ready, as (code, message); None when it is. Ready means started, not
+    draining, and the default model loaded: the one rule of /readyz, /health and v2's health/ready."""
+    if state.stopping or state.draining:
+        return "draining", "shutting down"
+    if not state.ready:
+        return "starting", "model not loaded yet"
+    default = state.registry.default_name()
+    if default not in state.registry.serving:
+        return "not_ready", f"the default model {default!r} is not loaded"
+    return None
+
+
 # async, so FastAPI calls it on the event loop instead of handing each request to its thread pool.
 async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry

@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.api.deps import not_ready
 from service.api.native.protocol import ErrorResponse
 from service.api.responses import error_response
 
@@ -30,12 +31,11 @@ READY_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.get("/health", responses=READY_RESPONSES)
 @router.get("/readyz", responses=READY_RESPONSES)
 async def readyz(request: Request) -> Response:
-    """Readiness: 200 once the model is loaded and warmed up, 503 while starting or draining."""
-    state = request.app.state
-    if state.stopping or state.draining:
-        return error_response(503, "draining", "shutting down")
-    if not state.ready:
-        return error_response(503, "starting", "model not loaded yet")
+    """Readiness: 200 while the default model is loaded and warmed up; 503 while starting or draining,
+    and while the default model is not loaded (unloaded, or gone from a polled repository)."""
+    problem = not_ready(request.app.state)
+    if problem is not None:
+        return error_response(503, *problem)
     return Response(orjson.dumps({"status": "ready"}), media_type="application/json")
 
 

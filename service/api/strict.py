@@ -6,6 +6,10 @@ A number with no fractional part (`2.0`, `1e3`) is an integer, as JSON Schema (a
 document) defines one; otherwise the strict request models would refuse `"top_k": 2.0` that the
 document calls valid. Numbers with a fraction stay floats.
 
+Nesting is bounded (MAX_DEPTH) before the parser sees the body: Python's json recurses once per
+level and a body of 100,000 brackets would end in a RecursionError. No request here nests deeper
+than a few levels.
+
 Python's json keeps the last of duplicate keys silently, so `{"top_k": 1, "top_k": 50}` would
 mean whatever the parser chose. FastAPI reads the body through Request.json(), so a route class
 that hands it this request makes both cases the same 400 as any other malformed body.
@@ -14,11 +18,17 @@ that hands it this request makes both cases the same 400 as any other malformed 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import numpy as np
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+
+MAX_DEPTH = 32
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*+"')  # possessive: an unterminated string cannot backtrack
+_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -35,11 +45,23 @@ def _number(text: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
+def nesting_depth(text: str) -> int:
+    """How deep the text's arrays and objects nest, found without recursion (brackets inside strings
+    do not count). Cheap for the usual body: with fewer brackets than MAX_DEPTH it cannot be deeper."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return 0
+    chars = np.frombuffer(_STRING.sub("", text).encode(), np.uint8)
+    steps = np.isin(chars, _OPEN).astype(np.int32) - np.isin(chars, _CLOSE)
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def loads_strict(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise json.JSONDecodeError(f"the body is not UTF-8 ({e.reason} at byte {e.start})", "", e.start) from e
+    if nesting_depth(text) > MAX_DEPTH:
+        raise json.JSONDecodeError(f"arrays and objects nest deeper than {MAX_DEPTH} levels", "", 0)
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_number)
     except ValueError as e:

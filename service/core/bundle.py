@@ -47,7 +47,13 @@ def load_bundle(path: Path) -> Bundle:
     try:
         manifest = read_manifest(path)
     except BundleFormatError as e:
-        raise BundleError(f"{e} (MODEL_DIR must point at a model bundle)") from e
+        raise BundleError(str(e)) from e
+    # Every file the manifest names is the bundle's own: a path that leads out of its directory
+    # (absolute, "..", or through a symlink) would serve whatever lies there.
+    root = path.resolve()
+    for name in {*manifest.files, *(g.file for g in manifest.graphs.values())}:
+        if not (path / name).resolve().is_relative_to(root):
+            raise BundleError(f"bundle file {name!r} is outside the bundle's directory {path}")
     for name, spec in GRAPHS.items():
         entry = manifest.graphs.get(name)
         n_layer = manifest.architecture.n_layer

@@ -32,6 +32,9 @@ from service.core.sampling import log_softmax, top_indices
 
 log = logging.getLogger(__name__)
 LARGE_TEXT_CHARS = 20_000
+# Vocabulary-wide logits one logit-lens run computes at most (tokens x depths x vocabulary): 16M
+# float32s are 64 MB per intermediate tensor, a few hundred MB at the run's peak.
+LENS_VALUES_PER_RUN = 16_000_000
 T = TypeVar("T")
 
 
@@ -84,7 +87,18 @@ class InferenceCore:
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="onnxruntime", initializer=lambda: yield_to_event_loop([None])
         )
-        maps = bundle.arch.n_layer * bundle.arch.n_head
+        arch = bundle.arch
+        maps = arch.n_layer * arch.n_head
+        # Batches bounded by their work, not only their rows: the attention graph computes every map of
+        # every row, and the logit lens the whole vocabulary at every depth and position (a row's cost
+        # is its tokens; a single row over the bound still runs, alone).
+        self._batch_costs: dict[str, tuple[Callable[[Job], int], int]] = {
+            "attention": (lambda job: maps * len(job.ids) ** 2, config.max_attention_compute),
+            "logit_lens": (
+                lambda job: len(job.ids),
+                max(1, LENS_VALUES_PER_RUN // ((arch.n_layer + 1) * bundle.vocab_size)),
+            ),
+        }
         self.batchers = {
             name: DynamicBatcher(
                 run_batch=functools.partial(self.engine.run, name),
@@ -94,9 +108,8 @@ class InferenceCore:
                 max_queue_rows=config.max_queue_rows,
                 name=name,
                 observer=observers.batches(name),
-                # The attention graph computes every map of every row: its batches are bounded by that work.
-                cost=(lambda job: maps * len(job.ids) ** 2) if name == "attention" else None,
-                max_batch_cost=config.max_attention_compute if name == "attention" else None,
+                cost=self._batch_costs[name][0] if name in self._batch_costs else None,
+                max_batch_cost=self._batch_costs[name][1] if name in self._batch_costs else None,
                 timeout_s=config.request_timeout_s,
             )
             for name in ONE_SHOT

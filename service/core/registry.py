@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import time
@@ -24,13 +23,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from bundlespec import MANIFEST_FILE, BundleFormatError, read_manifest
+from bundlespec import MANIFEST_FILE, ONE_SHOT, BundleFormatError, read_manifest
 from service.core.bundle import Bundle, load_bundle
 from service.core.config import CoreConfig, CoreObservers
 from service.core.errors import BundleError, LoadError, ModelNotFoundError
 from service.core.inference import InferenceCore
+from service.core.memory import trim_heap
 
 log = logging.getLogger(__name__)
+# v2 names a model's job "<model>.<job>" and the default model's jobs by the bare job name: a model
+# named like a job, or with a dot in its name, would be reached by another model's requests.
+JOB_NAMES = frozenset(ONE_SHOT)
 
 
 class ModelState(StrEnum):
@@ -100,6 +103,25 @@ def scan(repository: Path) -> dict[str, dict[str, Path]]:
     return models
 
 
+def name_problem(name: str) -> str | None:
+    """Why a model cannot be served under this name, or None when it can."""
+    if "." in name:
+        return f"the model name {name!r} has a dot, which v2 reads as <model>.<job>; rename its directory"
+    if name in JOB_NAMES:
+        return f"the model name {name!r} is the name of a job ({', '.join(sorted(JOB_NAMES))}); rename its directory"
+    return None
+
+
+def fingerprint(path: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """What a version directory holds, by file name, inode, size and modification time: a version
+    that failed is tried again once this changes (fixed in place, replaced, or finished copying)."""
+    with contextlib.suppress(OSError):
+        return tuple(
+            (f.name, st.st_ino, st.st_size, st.st_mtime_ns) for f in sorted(path.iterdir()) for st in (f.stat(),)
+        )
+    return ()
+
+
 def _is_version(path: Path) -> bool:
     name = path.name
     return path.is_dir() and name.isascii() and name.isdigit() and int(name) > 0 and (path / MANIFEST_FILE).is_file()
@@ -107,7 +129,12 @@ def _is_version(path: Path) -> bool:
 
 def _highest(versions: dict[str, Path]) -> str:
     # A repository's versions are integers; a single bundle's one version is its manifest's string.
-    return max(versions, key=lambda v: (v.isdigit(), int(v) if v.isdigit() else 0))
+    return max(versions, key=_version_order)
+
+
+def _version_order(version: str) -> tuple[bool, int]:
+    number = version.isascii() and version.isdigit()
+    return number, int(version) if number else 0
 
 
 def _rss_bytes() -> int:
@@ -119,11 +146,9 @@ def _rss_bytes() -> int:
 
 
 def _give_memory_back() -> None:
-    """After a version is released: collect it, and hand freed heap pages back to the system so that
-    the process's RSS shows it (glibc keeps them otherwise)."""
+    """After a version is released: collect it, and hand the freed heap pages back (trim_heap)."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()
 
 
 class ModelRegistry:
@@ -154,6 +179,8 @@ class ModelRegistry:
         self.serving: dict[str, Served] = {}
         self.retiring: set[Served] = set()
         self._failed: dict[str, ModelStatus] = {}  # name -> the last failed load
+        self._failed_files: dict[str, tuple] = {}  # name -> the failed version's fingerprint() then
+        self._left_out: dict[str, str] = {}  # name -> why load_all did not load it (MAX_LOADED_MODELS)
         self._busy: dict[str, tuple[str, ModelState]] = {}  # name -> (version, LOADING) while it loads
         self._lock = asyncio.Lock()  # one load or unload at a time: RSS deltas stay each model's own
         self._retirements: set[asyncio.Task[None]] = set()
@@ -189,8 +216,9 @@ class ModelRegistry:
         for name, versions in self._known().items():
             if name not in listed:
                 version = _highest(versions)
-                out[name, version] = ModelStatus(name, version, ModelState.UNAVAILABLE, "not loaded")
-        return sorted(out.values(), key=lambda m: (m.name, int(m.version) if m.version.isdigit() else 0))
+                reason = self._left_out.get(name, "not loaded")
+                out[name, version] = ModelStatus(name, version, ModelState.UNAVAILABLE, reason)
+        return sorted(out.values(), key=lambda m: (m.name, _version_order(m.version)))
 
     def _known(self) -> dict[str, dict[str, Path]]:
         if self.single is not None:
@@ -228,8 +256,15 @@ class ModelRegistry:
     # -- control -----------------------------------------------------------------------------------
 
     async def load_all(self) -> None:
-        """Load the highest version of every model; a failure is recorded and does not stop the others."""
-        for name in self.available():
+        """Load the highest version of every model; a failure is recorded and does not stop the others.
+        Past MAX_LOADED_MODELS, the default model goes first and the rest in name order."""
+        names = sorted(self.available(), key=lambda n: n != self.default_model)
+        for name in names:
+            if self.max_loaded and len(self.serving) >= self.max_loaded:
+                self._left_out[name] = f"not loaded: MAX_LOADED_MODELS={self.max_loaded} models are loaded"
+                log.warning("%s is not loaded: MAX_LOADED_MODELS=%d models are loaded (%s)", name,
+                            self.max_loaded, ", ".join(sorted(self.serving)))  # fmt: skip
+                continue
             with contextlib.suppress(LoadError):
                 await self.load(name)
 
@@ -244,6 +279,10 @@ class ModelRegistry:
             current = self.serving.get(name)
             if current is not None and current.version == version:
                 return current
+            problem = name_problem(name) if self.repository is not None else None
+            if problem is not None:
+                self._fail(name, version, versions[version], problem)
+                raise LoadError(f"model {name!r} cannot be served: {problem}")
             if current is None and self.max_loaded and len(self.serving) >= self.max_loaded:
                 raise LoadError(
                     f"MAX_LOADED_MODELS={self.max_loaded} models are loaded ({', '.join(sorted(self.serving))}); "
@@ -255,19 +294,24 @@ class ModelRegistry:
                 served = await self._start(name, version, versions[version])
             except Exception as e:
                 reason = str(e) if isinstance(e, BundleError | LoadError) else f"{type(e).__name__}: {e}"
-                log.error("loading %s version %s failed: %s", name, version, reason)
-                self._failed[name] = ModelStatus(name, version, ModelState.UNAVAILABLE, reason)
-                self.observers.model_state(name, version, ModelState.UNAVAILABLE, 0)
+                self._fail(name, version, versions[version], reason)
                 raise LoadError(f"loading model {name!r} version {version} failed: {reason}") from e
             finally:
                 self._busy.pop(name, None)
             self._failed.pop(name, None)
+            self._left_out.pop(name, None)
             self.serving[name] = served  # new requests get it from here on
             self.observers.model_state(name, version, ModelState.READY, served.resident_bytes)
             log.info("serving %s version %s (%.0f MB resident)", name, version, served.resident_bytes / 1e6)
             if current is not None:
                 self._retire(current)
             return served
+
+    def _fail(self, name: str, version: str, path: Path, reason: str) -> None:
+        log.error("loading %s version %s failed: %s", name, version, reason)
+        self._failed[name] = ModelStatus(name, version, ModelState.UNAVAILABLE, reason)
+        self._failed_files[name] = fingerprint(path)
+        self.observers.model_state(name, version, ModelState.UNAVAILABLE, 0)
 
     async def unload(self, name: str) -> None:
         """New requests for `name` get 404 at once; requests already running finish on it."""
@@ -284,11 +328,18 @@ class ModelRegistry:
             if name not in available:
                 with contextlib.suppress(ModelNotFoundError):
                     await self.unload(name)
+        for name, status in list(self._failed.items()):  # a failed version whose directory is gone
+            if status.version not in available.get(name, {}):
+                self._failed.pop(name)
+                self.observers.model_state(name, status.version, "", 0)
         for name, versions in available.items():
             served = self.serving.get(name)
             failed = self._failed.get(name)
             highest = _highest(versions)
-            if (served is None or served.version != highest) and not (failed and failed.version == highest):
+            # A version that failed is tried again only once its files have changed.
+            same = failed is not None and failed.version == highest
+            retry = not (same and self._failed_files[name] == fingerprint(versions[highest]))
+            if (served is None or served.version != highest) and retry:
                 with contextlib.suppress(LoadError):
                     await self.load(name)
 
@@ -303,13 +354,16 @@ class ModelRegistry:
             await served.core.stop(0)
 
     async def wait_retired(self) -> None:
-        """Until every retired version is released (tests and the swap measurement use it)."""
+        """Until every retired version is released (the tests wait on it)."""
         while self._retirements:
             await asyncio.gather(*self._retirements, return_exceptions=True)
 
     # -- internals ---------------------------------------------------------------------------------
 
     async def _start(self, name: str, version: str, path: Path) -> Served:
+        if self.repository is not None and not path.resolve().is_relative_to(self.repository.resolve()):
+            raise BundleError(f"{path} leads outside the repository {self.repository} (a symlink out of it)")
+
         def build() -> tuple[InferenceCore, int]:
             before = _rss_bytes()
             bundle = self._open(path)

@@ -37,7 +37,7 @@ from service.core.registry import ModelRegistry
 from service.server.metrics import Metrics
 from service.server.middleware import RequestContext
 from service.server.settings import Settings
-from service.server.tracing import TraceIds, setup_tracing
+from service.server.tracing import TraceIds, setup_tracing, stop_tracing
 from service.server.workers import METRICS_DIR_ENV, WorkerMetrics, worker_index
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,13 @@ def create_app(
         if settings.model_dir is not None and not registry.serving:
             # One bundle was asked for and it cannot serve: that is a failed start, not an empty server.
             raise LoadError(registry.index()[0].reason if registry.index() else f"no bundle in {settings.model_dir}")
+        default = registry.default_name()
+        if default not in registry.serving:
+            loaded = ", ".join(sorted(registry.serving)) or "none"
+            why = f"the default model {default!r} is not loaded (loaded: {loaded})"
+            if settings.model_control_mode == "none":
+                raise LoadError(f"{why}; nothing would ever make the server ready (DEFAULT_MODEL)")
+            log.warning("%s: not ready until it is (DEFAULT_MODEL)", why)
         poller = (
             asyncio.create_task(_poll(registry, settings.repository_poll_s))
             if settings.model_control_mode == "poll"
@@ -90,6 +97,7 @@ def create_app(
         app.state.ready = True
         for served in registry.ready():
             log.info("ready: serving %s version %s on %s", served.name, served.version, served.core.provider)
+        _log_access_rule(settings)
         host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
         log.info("attention explorer: http://%s:%d/explorer/", host, settings.port)
         yield
@@ -100,7 +108,7 @@ def create_app(
                 task.cancel()
         await registry.stop(grace_s=settings.request_timeout_s)
         if tracing is not None:
-            tracing.shutdown()  # sends the last spans
+            stop_tracing(tracing)  # sends the last spans
         log.info("stopped")
 
     docs = settings.docs_enabled
@@ -193,6 +201,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         fill_bounds(schema, model_bounds(b.vocab_size, b.arch.n_layer, b.arch.n_head))
         return schema
     return app.openapi_schema
+
+
+def _log_access_rule(settings: Settings) -> None:
+    """Say at start who may change the models, where the keys make it less than obvious."""
+    users, admins = settings.api_key_list(), settings.admin_key_list()
+    if admins and not users:
+        log.info("ADMIN_API_KEYS is set: the repository API needs an admin key; the other routes need no key")
+    elif users and not admins and settings.model_control_mode == "explicit":
+        log.warning("API_KEYS is set without ADMIN_API_KEYS: the repository API refuses every key (403)")
 
 
 async def _poll(registry: ModelRegistry, every_s: float) -> None:

@@ -19,6 +19,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
 SCOPE_KEY = "attnserve.connection"
+# How long a connection with no request in progress when the drain starts is kept for one (a request
+# already sent but not yet read): longer than a loaded event loop takes to read it, short enough
+# not to hold up the exit.
+DRAIN_IDLE_S = 1.0
 
 
 def _canned(status: int, reason: str, message: str, request_id: bytes = b"") -> bytes:
@@ -106,6 +110,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.body_timed_out = False
         self._flushed = asyncio.Event()
         self._flushed.set()
+        self._receiving = False  # a request's head has begun and is not complete yet
+        self._draining = False  # the server drains: the next request is this connection's last
 
     # -- connections and the time to send a request ---------------------------------------------
 
@@ -157,6 +163,7 @@ class GuardedProtocol(HttpToolsProtocol):
         return f"the request headers exceed {self.max_header_bytes} bytes or {self.max_headers} fields"
 
     def on_message_begin(self) -> None:
+        self._receiving = True
         super().on_message_begin()
         self._header_bytes = 0
         self._header_count = 0
@@ -182,7 +189,10 @@ class GuardedProtocol(HttpToolsProtocol):
             raise _HeadersTooLarge  # httptools turns it into a parser error: see data_received
 
     def on_headers_complete(self) -> None:
+        self._receiving = False
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered (served, or 503 for work) with Connection: close
         # The whole body must follow within body_timeout_s; a request with no body completes at once.
         self._arm(self.body_timeout_s, self._body_timeout)
 
@@ -207,6 +217,23 @@ class GuardedProtocol(HttpToolsProtocol):
             self.cycle.disconnected = True
             self.cycle.message_event.set()
         self._close_with(408, "Request Timeout", f"the request body took longer than {self.body_timeout_s:g} s")
+
+    # -- draining --------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """The server drains. uvicorn closes a connection with no request in progress at once, but a
+        client may have sent one that is not read yet (it would see the connection closed with no
+        answer): such a connection gets DRAIN_IDLE_S for its request, which is answered with
+        Connection: close. A request in progress finishes, and closes the connection after it."""
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+        elif not self._receiving:
+            self._arm(DRAIN_IDLE_S, self._drain_idle)
+
+    def _drain_idle(self) -> None:
+        if not self._receiving and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()
 
     # -- the time to read an answer ---------------------------------------------------------------
 

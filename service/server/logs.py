@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import sys
 from typing import Any
 
@@ -42,16 +43,27 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+# Line breaks, NUL and the other control characters. A request path, a header or a directory name
+# can hold them; written as they are, "%0A2026-12-05 ... ERROR" would start a forged log line.
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """Each control character as its Python escape (\\n, \\x00): one record stays one line."""
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
 class TextFormatter(logging.Formatter):
-    """The usual one-line text, with the access fields written out after the message."""
+    """The usual one-line text, with the access fields written out after the message. What a record
+    carries is escaped (escape_controls); only a traceback, appended after the line, spans lines."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        line = escape_controls(super().formatMessage(record))
         extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
-        return line + ("".join(f" {k}={v}" for k, v in extra.items()) if extra else "")
+        return line + "".join(f" {k}={escape_controls(str(v))}" for k, v in extra.items())
 
 
 def setup_logging(level: str, fmt: str) -> None:

@@ -17,7 +17,8 @@ from service.core.errors import BundleError, DeviceError
 from service.server.app import create_app
 from service.server.connection import guarded_protocol
 from service.server.logs import setup_logging
-from service.server.settings import Settings
+from service.server.settings import Settings, repository_problem
+from service.server.tracing import TracingConfigError, exporter_protocol, tracing_wanted
 from service.server.workers import reuse_port_socket, supervise, worker_index
 
 log = logging.getLogger("service")
@@ -51,15 +52,25 @@ class DrainingServer(uvicorn.Server):
 def main() -> int:
     try:
         settings = Settings()
+        if tracing_wanted():
+            exporter_protocol()
+        problem = repository_problem(settings)
     except ValidationError as e:
-        print(f"attnserve: invalid settings: {summary(e.errors(), limit=50, upper=True)}", file=sys.stderr)
+        problem = summary(e.errors(), limit=50, upper=True)
+    except TracingConfigError as e:
+        problem = str(e)
+    if problem is not None:
+        print(f"attnserve: invalid settings: {problem}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
     try:
         # One bundle was asked for: a bad one stops the start, with why (and a good one loads as it is).
         checked = load_bundle(settings.model_dir) if settings.model_dir is not None else None
         choose_providers(settings.device)
-    except (BundleError, DeviceError) as e:
+    except BundleError as e:
+        log.error("cannot start: %s (MODEL_DIR must point at a model bundle)", e)
+        return 2
+    except DeviceError as e:
         log.error("cannot start: %s", e)
         return 2
     if settings.workers > 1 and worker_index() is None:

@@ -58,7 +58,11 @@ class RequestContext:
         self.max_body_bytes = settings.max_body_bytes
         self.state = state
         self.budget = budget
+        # The access rule (README, "API keys"): with API_KEYS set every route but the open ones needs a
+        # key; an admin key is a valid key wherever one is asked. With either set, the routes that change
+        # what the server serves need an admin key: a user key gets 403, and with API_KEYS alone, every key.
         self.keys = [k.encode() for k in settings.api_key_list()]
+        self.all_keys = self.keys + self.admin_keys
         self.open_paths = public_paths(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,16 +112,14 @@ class RequestContext:
                 # Proxies differ in which of several they forward, so none of them is taken.
                 await reply(400, "invalid_request", "the request has more than one Authorization header")
                 return
-            if self.keys and not self._open(path) and not self._authorized(headers, self.keys):
-                await reply(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
-                return
-            if (
-                self.keys
-                and any(f(path) for f in self.changes_server)
-                and not self._authorized(headers, self.admin_keys)
-            ):
-                await reply(403, "forbidden", FORBIDDEN)
-                return
+            changes_server = (self.keys or self.admin_keys) and any(f(path) for f in self.changes_server)
+            if (self.keys and not self._open(path)) or changes_server:
+                if not self._authorized(headers, self.all_keys):
+                    await reply(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
+                    return
+                if changes_server and not self._authorized(headers, self.admin_keys):
+                    await reply(403, "forbidden", FORBIDDEN)
+                    return
             if self.state.draining and any(f(path) for f in self.takes_work):
                 await reply(503, "draining", DRAINING, {"Retry-After": "1"})
                 return
@@ -218,7 +220,7 @@ class RequestContext:
         """The whole body; TOO_LARGE past the limit (checked before reading when declared); GONE when
         the client left or its body timed out before it was complete."""
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
             return TOO_LARGE
         chunks = []
         size = 0

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.core.config import CoreConfig
+from service.core.registry import scan
 
 # The committed repository: the Shakespeare model and the lectures' toy model.
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "bundles"
@@ -29,7 +30,7 @@ class Settings(BaseSettings):
     default_model: str = Field(
         DEFAULT_MODEL_NAME,
         description="The model a request gets when it names none; when it is not loaded and only one model "
-        "is, that one.",
+        "is, that one. Readiness means this model is loaded.",
     )
     model_control_mode: Literal["none", "explicit", "poll"] = Field(
         "none",
@@ -197,3 +198,25 @@ class Settings(BaseSettings):
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ValueError(f"API_KEYS_FILE={self.api_keys_file} is not a file")
         return self
+
+
+def repository_problem(settings: Settings) -> str | None:
+    """Why these settings could serve nothing, before anything loads; None when they can. A repository
+    that is not a directory never serves; with MODEL_CONTROL_MODE=none an empty one never will, nor
+    will a DEFAULT_MODEL that it does not hold (the one model of a repository of one is the default)."""
+    if settings.model_dir is not None:
+        return None
+    repository = settings.model_repository
+    if not repository.is_dir():
+        return f"MODEL_REPOSITORY={repository} is not a directory"
+    if settings.model_control_mode != "none":
+        return None  # models may come later: the server starts, not ready until the default model loads
+    names = sorted(scan(repository))
+    if not names:
+        return f"MODEL_REPOSITORY={repository} holds no model (<name>/<version>/manifest.json) to serve"
+    if settings.default_model not in names and len(names) > 1:
+        return (
+            f"DEFAULT_MODEL={settings.default_model} is not a model of MODEL_REPOSITORY={repository} "
+            f"({', '.join(names)}); name one of them"
+        )
+    return None

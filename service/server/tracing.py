@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -34,35 +35,70 @@ def tracing_wanted() -> bool:
     return any(os.environ.get(name) for name in ENDPOINTS)
 
 
-def setup_tracing(version: str) -> TracerProvider | None:
-    """The process's tracer provider, installed as OpenTelemetry's global one; None when tracing is off."""
-    if not tracing_wanted():
-        return None
+def exporter_protocol() -> str:
+    """The OTLP protocol the settings ask for; TracingConfigError for one that is not supported (checked
+    at start with the other settings)."""
     protocol = (
         os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         or PROTOCOLS[0]
     ).strip()
+    if protocol not in PROTOCOLS:
+        raise TracingConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; use {' or '.join(PROTOCOLS)}"
+        )
+    return protocol
+
+
+def setup_tracing(version: str) -> TracerProvider | None:
+    """The process's tracer provider, installed as OpenTelemetry's global one; None when tracing is off."""
+    if not tracing_wanted():
+        return None
+    protocol = exporter_protocol()
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
         exporter: object = GrpcExporter()
-    elif protocol == "http/protobuf":
+    else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
         exporter = HttpExporter()
-    else:
-        raise TracingConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; use {' or '.join(PROTOCOLS)}"
-        )
     resource = Resource.create(
         {"service.name": os.environ.get("OTEL_SERVICE_NAME") or "attnserve", "service.version": version}
     )
-    provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER
+    # The sampler comes from OTEL_TRACES_SAMPLER. No exit hook: the server flushes at its own stop,
+    # bounded (stop_tracing); the SDK's hook would wait up to 30 s for an endpoint that does not answer.
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(exporter))  # type: ignore[arg-type]
     trace.set_tracer_provider(provider)
     log.info("tracing: OTLP %s to %s", protocol, next(os.environ[n] for n in reversed(ENDPOINTS) if os.environ.get(n)))
     return provider
+
+
+# The last spans' export at stop is given this long (or OTEL_EXPORTER_OTLP_TIMEOUT's seconds, as the
+# SDK's exporters read it, where set): an endpoint that never answers must not hold up the exit.
+FLUSH_TIMEOUT_S = 2.0
+TIMEOUTS = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+
+
+def flush_timeout_s() -> float:
+    for name in TIMEOUTS:
+        try:
+            return float(os.environ[name])
+        except (KeyError, ValueError):
+            continue
+    return FLUSH_TIMEOUT_S
+
+
+def stop_tracing(provider: TracerProvider) -> None:
+    """Send the last spans, for at most flush_timeout_s(); what is not sent by then is dropped. The
+    SDK's shutdown waits up to 30 s on its own, so it runs in a thread that is not waited for."""
+    limit = flush_timeout_s()
+    worker = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        log.warning("tracing: the last spans were not sent within %.3g s; dropped", limit)
 
 
 class TraceIds(logging.Filter):

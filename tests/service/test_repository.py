@@ -14,7 +14,7 @@ import openai
 import pytest
 import tritonclient.http as triton
 
-from tests.conftest import DEFAULT_BUNDLE, metric_value, model_repository
+from tests.conftest import DEFAULT_BUNDLE, metric_value, model_repository, place_version
 
 
 def serve(server_factory, toy, repo: Path, **env):
@@ -87,11 +87,16 @@ def _ready(client, name: str, version: str) -> bool:
 
 def test_unload_and_load_need_explicit_mode_and_an_admin_key(toy_bundle, server_factory, tmp_path):
     repo = model_repository(tmp_path, toy_bundle, shakespeare=False)
-    (repo / "other").mkdir()
-    (repo / "other" / "1").symlink_to(toy_bundle)
+    place_version(toy_bundle, repo / "other" / "1")
     user, admin = {"Authorization": "Bearer user"}, {"Authorization": "Bearer admin"}
     s = serve(
-        server_factory, toy_bundle, repo, api_keys="user,admin", admin_api_keys="admin", model_control_mode="explicit"
+        server_factory,
+        toy_bundle,
+        repo,
+        api_keys="user",
+        admin_api_keys="admin",
+        model_control_mode="explicit",
+        default_model="toy",
     )
     assert httpx.post(s.url + "/v2/repository/models/toy/unload", headers=user).status_code == 403
     assert httpx.post(s.url + "/v2/repository/models/toy/unload", headers=admin).status_code == 200
@@ -104,7 +109,7 @@ def test_unload_and_load_need_explicit_mode_and_an_admin_key(toy_bundle, server_
     r = httpx.post(s.url + "/v2/repository/models/nope/load", headers=admin)
     assert r.status_code == 400 and "no model 'nope'" in r.json()["error"]
     # Outside explicit mode the repository API refuses, and says why.
-    fixed = serve(server_factory, toy_bundle, repo)
+    fixed = serve(server_factory, toy_bundle, repo, default_model="toy")
     r = httpx.post(fixed.url + "/v2/repository/models/toy/unload")
     assert r.status_code == 400 and "MODEL_CONTROL_MODE" in r.json()["error"]
 
@@ -114,7 +119,7 @@ def test_a_broken_model_is_listed_unavailable_and_the_others_serve(toy_bundle, s
     broken = repo / "broken" / "1"
     shutil.copytree(toy_bundle, broken)
     (broken / "weights.bin").write_bytes(b"x")
-    s = serve(server_factory, toy_bundle, repo)
+    s = serve(server_factory, toy_bundle, repo, default_model="toy")
     entry = index(s.url)["broken", "1"]
     assert entry["state"] == "UNAVAILABLE" and "corrupt" in entry["reason"]
     assert httpx.post(s.url + "/v1/next-token", json={"texts": ["we do"], "model": "toy"}).status_code == 200
@@ -184,10 +189,9 @@ def test_a_swap_under_load_fails_no_request_and_frees_the_old_version(
 
 def test_poll_picks_up_a_new_version_and_a_removed_model(toy_bundle, server_factory, tmp_path):
     repo = model_repository(tmp_path, toy_bundle, shakespeare=False)
-    (repo / "gone").mkdir()
-    (repo / "gone" / "1").symlink_to(toy_bundle)
+    place_version(toy_bundle, repo / "gone" / "1")
     s = serve(server_factory, toy_bundle, repo, model_control_mode="poll", repository_poll_s=0.3, default_model="toy")
-    (repo / "toy" / "2").symlink_to(toy_bundle)
+    place_version(toy_bundle, repo / "toy" / "2")
     shutil.rmtree(repo / "gone")
 
     def served() -> set[tuple[str, str]]:

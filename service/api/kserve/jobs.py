@@ -3,6 +3,7 @@ the call on the core that answers it. serving.py maps model names and requests o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,9 @@ class V2Model:
     outputs: list[TensorMeta]
     params: list[Param]
     run: Callable[[InferenceCore, list[Row], dict[str, Any], set[str], Reservation | None], Awaitable[list[Output]]]
+    # The large outputs' element counts for these rows, known before the run, so that the answer's
+    # bytes are reserved first (attention reserves its weights itself, once the layers are checked).
+    values: Callable[[InferenceCore, list[Row], dict[str, Any]], dict[str, int]]
     classified: str | None = None  # the output that the classification extension applies to
 
 
@@ -61,6 +65,11 @@ COMMON_PARAMS = [
 ]
 
 
+# Only ASCII digits are numbers here: str.isdigit() and int() also take "²", "٢" and "２".
+ASCII_INDEX = re.compile(r"[0-9]+")
+ASCII_PAIR = re.compile(r"([0-9]+)\.([0-9]+)")
+
+
 def _head_mask(core: InferenceCore, params: dict[str, Any]) -> np.ndarray | None:
     """v2 parameters are scalars, so the heads to ablate come as "0.2,1.3"."""
     value = params.get("ablate")
@@ -68,10 +77,10 @@ def _head_mask(core: InferenceCore, params: dict[str, Any]) -> np.ndarray | None
         return None
     pairs = []
     for part in value.split(","):
-        layer, dot, head = part.strip().partition(".")
-        if not (dot and layer.isdigit() and head.isdigit()):
+        pair = ASCII_PAIR.fullmatch(part.strip())
+        if pair is None:
             raise V2Error(f'parameter \'ablate\' takes "layer.head" pairs like "0.2,1.3", not {value!r}')
-        pairs.append((int(layer), int(head)))
+        pairs.append((int(pair[1]), int(pair[2])))
     return core.head_mask(pairs, "ablate")
 
 
@@ -155,18 +164,37 @@ async def _logit_lens(
     ]
 
 
+def _vocab_values(core: InferenceCore, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
+    return {"next_token_logprobs": len(rows) * core.bundle.vocab_size}
+
+
+def _score_values(core: InferenceCore, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
+    width = max(len(r.ids) for r in rows)
+    return {"token_logprobs": len(rows) * (width - 1), "token_ids": len(rows) * width}
+
+
+def _attention_values(core: InferenceCore, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
+    return {"token_ids": len(rows) * max(len(r.ids) for r in rows)}
+
+
+def _lens_values(core: InferenceCore, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
+    top_k = params.get("top_k", 5)
+    if not 1 <= top_k <= LENS_TOP:
+        raise V2Error(f"parameter 'top_k' must be from 1 to {LENS_TOP}, not {top_k}")
+    n = len(rows) * (core.bundle.arch.n_layer + 1) * max(len(r.ids) for r in rows) * top_k
+    return {"lens_logprobs": n, "lens_token_ids": n}
+
+
 def _index_list(value: Any, name: str) -> list[int] | None:
     """v2 parameters are scalars, so a list of indices comes as an int or as "0,2,3"."""
     if value is None:
         return None
     if isinstance(value, int):
         return [value]
-    try:
-        return [int(part) for part in value.split(",")]
-    except ValueError as e:
-        raise V2Error(
-            f'parameter {name!r} must be an index or comma-separated indices like "0,2", not {value!r}'
-        ) from e
+    parts = [ASCII_INDEX.fullmatch(part.strip()) for part in value.split(",")]
+    if not all(parts):
+        raise V2Error(f'parameter {name!r} must be an index or comma-separated indices like "0,2", not {value!r}')
+    return [int(part[0]) for part in parts if part]
 
 
 LENGTHS = TensorMeta("lengths", "INT64", [-1], "tokens in each row (after truncation)")
@@ -184,6 +212,7 @@ MODELS: dict[str, V2Model] = {
             ],
             [*COMMON_PARAMS, Param("temperature", (int, float), "softmax temperature (0.001 to 100)")],
             _next_token,
+            _vocab_values,
             classified="next_token_logprobs",
         ),
         V2Model(
@@ -207,6 +236,7 @@ MODELS: dict[str, V2Model] = {
                 Param("heads", (str, int), 'head indices, as an int or "0,2"; all by default'),
             ],
             _attention,
+            _attention_values,
         ),
         V2Model(
             "score",
@@ -218,6 +248,7 @@ MODELS: dict[str, V2Model] = {
             ],
             COMMON_PARAMS,
             _score,
+            _score_values,
         ),
         V2Model(
             "logit_lens",
@@ -238,6 +269,7 @@ MODELS: dict[str, V2Model] = {
             ],
             [*COMMON_PARAMS, Param("top_k", (int,), f"tokens per layer and position, 1 to {LENS_TOP} (default 5)")],
             _logit_lens,
+            _lens_values,
         ),
     )
 }

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from service.api.budget import reservation
-from service.api.deps import Registry, note
+from service.api.deps import Registry, not_ready, note
 from service.api.kserve.codec import HEADER_LENGTH, InferRequestHeader, V2Error, decompress, parse_request
 from service.api.kserve.jobs import MAX_INPUT_RANK, MODELS
 from service.api.kserve.serving import Target, V2Serving
@@ -74,8 +74,7 @@ router = APIRouter(prefix="/v2", tags=["kserve-v2"], route_class=V2Route, respon
 
 
 def _ready(request: Request) -> bool:
-    state = request.app.state
-    return bool(state.ready and not state.stopping and not state.draining)
+    return not_ready(request.app.state) is None
 
 
 @router.get("")
@@ -96,7 +95,7 @@ async def live() -> Response:
 
 @router.get("/health/ready", response_class=Response, responses=EMPTY)
 async def ready(request: Request) -> Response:
-    """200 once the models are loaded and warmed up; 503 while starting or draining."""
+    """200 while the default model is loaded and warmed up; 503 while starting or draining, or without it."""
     return Response(status_code=200 if _ready(request) else 503)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from service import __version__
-from service.api.budget import Reservation
+from service.api.budget import OFF_LOOP_BYTES, Reservation
 from service.api.deps import hold
 from service.api.kserve.codec import BYTES, InferRequest, Output, Tensor, V2Error, encode_response
 from service.api.kserve.jobs import INPUTS, INPUTS_BY_NAME, MODELS, PROTOCOL_PARAMS, V2Model
@@ -32,6 +32,7 @@ from service.core.sampling import top_indices
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "parameters"]
 PLATFORM = "onnxruntime_onnx"
+JSON_VALUE_BYTES = 14  # a number in a JSON tensor's data, with its comma (float32 log-probs: 10 to 13)
 
 
 @dataclass(frozen=True)
@@ -137,15 +138,27 @@ class V2Serving:
         if log is not None:
             log["rows"] = len(rows)
         wanted, binary, classify = self._outputs(t.core, m, header)
+        if held is not None:
+            held.take(self._answer_bytes(m, m.values(t.core, rows, params), wanted, binary))
         outputs = [o for o in await m.run(t.core, rows, params, set(wanted), held) if o.name in wanted]
         if classify:
             outputs = [self._classify(t.core, o, classify[o.name]) if o.name in classify else o for o in outputs]
         order = {name: i for i, name in enumerate(wanted)}
         outputs.sort(key=lambda o: order[o.name])
-        if held is not None and held.held:
+        if held is not None and held.held >= OFF_LOOP_BYTES:
             # A large answer (tens of MB) is written in a thread, so that the event loop keeps answering.
             return await off_loop(encode_response, t.name, t.version, header.id, outputs, binary)
         return encode_response(t.name, t.version, header.id, outputs, binary)
+
+    @staticmethod
+    def _answer_bytes(m: V2Model, values: dict[str, int], wanted: dict[str, None], binary: dict[str, bool]) -> int:
+        """What the outputs asked for hold: each value as an array element, then in its binary or JSON form."""
+        size = {t.name: 8 if t.datatype == "INT64" else 4 for t in m.outputs}
+        return sum(
+            n * (size[name] + (size[name] if binary[name] else JSON_VALUE_BYTES))
+            for name, n in values.items()
+            if name in wanted
+        )
 
     def _params(self, m: V2Model, given: dict[str, Any]) -> dict[str, Any]:
         known = {p.name: p for p in m.params}

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from service.api.budget import reservation
 from service.api.deps import LOG_KEY, lease_in
 from service.api.native import serving
 from service.api.native.errors import error_response
@@ -40,7 +41,7 @@ async def next_token(scope: dict[str, Any], body: bytes, state: Any) -> Response
     try:
         core = lease_in(scope, state.registry, req.model)
         scope[LOG_KEY]["rows"] = req.count
-        return Response(await serving.next_token(core, req), media_type="application/json")
+        return Response(await serving.next_token(core, req, reservation(scope)), media_type="application/json")
     except Exception as e:  # noqa: BLE001 (every error is answered in the native shape, as the route's class does)
         return error_response(e)
 

@@ -53,7 +53,7 @@ async def next_token(body: NextTokenRequest, request: Request) -> Response:
     """Top-k next tokens, with probabilities, for each input."""
     core = lease(request, body.model)
     note(request)["rows"] = body.count
-    return Response(await serving.next_token(core, body), media_type="application/json")
+    return Response(await serving.next_token(core, body, reservation(request.scope)), media_type="application/json")
 
 
 @router.post("/attention", response_model=AttentionResponse)
@@ -81,7 +81,7 @@ async def logit_lens(body: LogitLensRequest, request: Request) -> Response:
     read through the final LayerNorm and the unembedding, top k per layer and position."""
     core = lease(request, body.model)
     note(request)["rows"] = body.count
-    return Response(await serving.logit_lens(core, body), media_type="application/json")
+    return Response(await serving.logit_lens(core, body, reservation(request.scope)), media_type="application/json")
 
 
 @router.post("/head-importance", response_model=HeadImportanceResponse)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import orjson
 
-from service.api.budget import ATTENTION_JSON_BYTES, Reservation
+from service.api.budget import ATTENTION_JSON_BYTES, LENS_JSON_BYTES, OFF_LOOP_BYTES, Reservation
 from service.api.native.protocol import (
     AttentionRequest,
     HeadImportanceRequest,
@@ -20,17 +21,28 @@ from service.api.native.protocol import (
     ScoreResponse,
     ScoreResult,
 )
-from service.core.inference import InferenceCore, Row
+from service.core.inference import InferenceCore, NextTokens, Row, off_loop
 
 
 async def rows(core: InferenceCore, req: Inputs) -> list[Row]:
     return await core.input_rows(req.texts, req.token_ids, req.truncate)
 
 
-async def next_token(core: InferenceCore, req: NextTokenRequest) -> bytes:
+async def next_token(core: InferenceCore, req: NextTokenRequest, reservation: Reservation | None = None) -> bytes:
     """The JSON answer, written directly: the hot path skips building and re-validating response models
-    (NextTokenResponse stays the documented shape; tests/service/test_schemathesis.py checks answers against it)."""
-    results = await core.next_token(await rows(core, req), req.top_k, req.temperature, core.head_mask(req.ablate))
+    (NextTokenResponse stays the documented shape; tests/service/test_schemathesis.py checks answers against it).
+    A top_k as large as the vocabulary makes a large answer: its bytes are reserved like the others'."""
+    inputs = await rows(core, req)
+    size = len(inputs) * min(req.top_k, core.bundle.vocab_size) * LENS_JSON_BYTES
+    if reservation is not None:
+        reservation.take(size)
+    results = await core.next_token(inputs, req.top_k, req.temperature, core.head_mask(req.ablate))
+    if size < OFF_LOOP_BYTES:
+        return _next_token_json(core, results)
+    return await off_loop(_next_token_json, core, results)
+
+
+def _next_token_json(core: InferenceCore, results: list[NextTokens]) -> bytes:
     text = core.token_text
     return orjson.dumps(
         {
@@ -107,15 +119,34 @@ async def score(core: InferenceCore, req: ScoreRequest) -> ScoreResponse:
     return ScoreResponse(model=core.name, results=out)
 
 
-async def logit_lens(core: InferenceCore, req: LogitLensRequest) -> bytes:
+async def logit_lens(core: InferenceCore, req: LogitLensRequest, reservation: Reservation | None = None) -> bytes:
+    """The answer's bytes are reserved before anything runs, and a large answer is written off the event
+    loop, one row at a time, so that no row's entries exist as Python objects all at once."""
     head_mask = core.head_mask(req.ablate)
     inputs = await rows(core, req)
+    entries = sum(len(_lens_positions(r, req)) for r in inputs) * (core.bundle.arch.n_layer + 1) * req.top_k
+    if reservation is not None:
+        reservation.take(entries * LENS_JSON_BYTES)
+    lens = await core.logit_lens(inputs, req.top_k, head_mask)
+    if entries * LENS_JSON_BYTES < OFF_LOOP_BYTES:
+        return _lens_json(core, req, inputs, lens)
+    return await off_loop(_lens_json, core, req, inputs, lens)
+
+
+def _lens_positions(row: Row, req: LogitLensRequest) -> list[int]:
+    n = len(row.ids)
+    return list(range(n)) if req.positions == "all" else [n - 1]
+
+
+def _lens_json(
+    core: InferenceCore, req: LogitLensRequest, inputs: list[Row], lens: list[tuple[np.ndarray, np.ndarray]]
+) -> bytes:
     text = core.token_text
-    out = []
-    for row, (logprobs, ids) in zip(inputs, await core.logit_lens(inputs, req.top_k, head_mask), strict=True):
-        n = len(row.ids)
-        positions = list(range(n)) if req.positions == "all" else [n - 1]
-        lens = [
+    # One join at the end: each copy of a 100 MB answer holds the interpreter (and so the event loop).
+    parts = [orjson.dumps({"model": core.name})[:-1], b',"results":[']
+    for i, (row, (logprobs, ids)) in enumerate(zip(inputs, lens, strict=True)):
+        positions = _lens_positions(row, req)
+        layers = [
             [
                 [
                     {"token": text[t], "token_id": t, "prob": math.exp(lp), "logprob": lp}
@@ -127,8 +158,10 @@ async def logit_lens(core: InferenceCore, req: LogitLensRequest) -> bytes:
         ]
         token_ids = row.ids.tolist()
         tokens = [text[t] for t in token_ids]
-        out.append({"tokens": tokens, "token_ids": token_ids, "positions": positions, "lens": lens})
-    return orjson.dumps({"model": core.name, "results": out})
+        parts += [b","] if i else []
+        parts.append(orjson.dumps({"tokens": tokens, "token_ids": token_ids, "positions": positions, "lens": layers}))
+    parts.append(b"]}")
+    return b"".join(parts)
 
 
 async def head_importance(core: InferenceCore, req: HeadImportanceRequest) -> HeadImportanceResponse:

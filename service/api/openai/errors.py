@@ -36,7 +36,8 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] 
         first = problems[0] if problems else {}
         if first.get("type") == "json_invalid":
             why = first.get("ctx", {}).get("error", "")
-            return 400, _body(f"the request body is not valid JSON: {why}".rstrip(": "), "invalid_request_error"), None
+            message = f"the request body is not valid JSON: {why}".rstrip(": ")
+            return 400, _body(message, "invalid_request_error", code="malformed_json"), None
         return 400, _body(summary(problems), "invalid_request_error", field_of(first).split(".")[0] or None), None
     if isinstance(exc, HTTPException):  # FastAPI's own, e.g. a body that is not UTF-8
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 
-from service.api.budget import ATTENTION_JSON_BYTES, Reservation
+from service.api.budget import ATTENTION_JSON_BYTES, LOGPROB_JSON_BYTES, Reservation
 from service.api.openai.errors import error_body
 from service.api.openai.protocol import (
     Choice,
@@ -129,6 +129,10 @@ class OpenAIServing:
                 per_key = len(layers) * len(heads)
                 exact = sum(per_key * (t * len(c.prompt.ids) + t * (t + 1) // 2) for c in choices)
                 reservation.take(exact * ATTENTION_JSON_BYTES)
+        if req.logprobs is not None and reservation is not None:
+            # Each token (the prompt's too, with echo) carries its log-prob and `logprobs` alternatives.
+            tokens = sum(req.max_tokens + (len(c.prompt.ids) if req.echo else 0) for c in choices)
+            reservation.take(tokens * (1 + req.logprobs) * LOGPROB_JSON_BYTES)
         params = [
             GenerationParams(
                 max_tokens=req.max_tokens,
