@@ -8,15 +8,12 @@ work it took before it is released.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from service.core.inference import InferenceCore
 from service.core.registry import Lease, ModelRegistry
-
-if TYPE_CHECKING:
-    from service.api.openai.serving import OpenAIServing
 
 LEASES_KEY = "attnserve.leases"
 LOG_KEY = "attnserve.log"  # a request's fields for its access line (rows, tokens, first_token)
@@ -71,10 +68,6 @@ def not_ready(state: Any) -> tuple[str, str] | None:
 # async, so FastAPI calls it on the event loop instead of handing each request to its thread pool.
 async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
-
-
-async def get_openai(request: Request) -> OpenAIServing:
-    return request.app.state.openai
 
 
 Registry = Annotated[ModelRegistry, Depends(get_registry)]

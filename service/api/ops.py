@@ -9,8 +9,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import not_ready
-from service.api.native.protocol import ErrorResponse
-from service.api.responses import error_response
+from service.api.responses import ErrorResponse, error_response
 
 router = APIRouter(tags=["operations"])
 

@@ -3,7 +3,8 @@
 Each protocol package (native, openai, kserve) exposes one Protocol. create_app includes its routers;
 the middleware asks the protocols which one owns a path (for the error shape of the answers it writes
 itself), whether a path runs the model (refused while draining) and whether it changes the server
-(needs an admin key). Neither names a protocol's paths.
+(needs an admin key). Two things are still known outside the packages: create_app builds KServe's
+app-wide state (app.state.v2), and the middleware's open paths include KServe's /v2/health/.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ class Protocol:
     changes_server: Callable[[str], bool] = lambda path: False  # paths that need an admin key
     # (method, path) -> a handler that answers a JSON body without the framework (scope, body, app state)
     lean: Mapping[tuple[str, str], Callable[..., Awaitable[Any]]] = field(default_factory=dict)
-    openapi_tags: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,21 @@
-"""The one shape of every error answer: {"error": {"type", "message", "details"?}}."""
+"""attnserve's own error envelope, {"error": {"type", "message", "details"?}}: the native protocol's
+errors and the answers of the server's own routes (readiness) take this shape. OpenAI's and v2's
+errors have theirs, written by their packages."""
 
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    details: list | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
 
 
 def error_response(

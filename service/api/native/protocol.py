@@ -134,16 +134,6 @@ class ScoreResponse(BaseModel):
     results: list[ScoreResult]
 
 
-class ErrorBody(BaseModel):
-    type: str
-    message: str
-    details: list | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
 class LogitLensRequest(Ablatable, Inputs):
     model_config = ConfigDict(
         extra="forbid",

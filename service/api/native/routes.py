@@ -15,7 +15,6 @@ from service.api.native.lean import LEAN
 from service.api.native.protocol import (
     AttentionRequest,
     AttentionResponse,
-    ErrorResponse,
     HeadImportanceRequest,
     HeadImportanceResponse,
     LogitLensRequest,
@@ -26,6 +25,7 @@ from service.api.native.protocol import (
     ScoreResponse,
 )
 from service.api.plugin import Protocol
+from service.api.responses import ErrorResponse
 from service.api.strict import ProtocolRoute
 from service.core.inference import off_loop
 
