@@ -73,7 +73,7 @@ ATTENTION_JSON_BYTES = 4 + 10
 LENS_JSON_BYTES = 100
 # Bytes per log-prob in an OpenAI answer: the token's text and its number, in each of the lists.
 LOGPROB_JSON_BYTES = 40
-# Answers larger than this are written in a thread (service.core.inference.off_loop): serialising
+# Answers larger than this are written in a thread (service.core.threads.off_loop): serialising
 # them on the event loop would hold up every other request and probe.
 OFF_LOOP_BYTES = 1_000_000
 BUDGET_KEY = "attnserve.reservation"

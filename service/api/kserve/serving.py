@@ -26,9 +26,10 @@ from service.api.deps import hold
 from service.api.kserve.codec import BYTES, InferRequest, Output, Tensor, V2Error, encode_response
 from service.api.kserve.jobs import INPUTS, INPUTS_BY_NAME, MODELS, PROTOCOL_PARAMS, V2Model
 from service.core.errors import ModelNotFoundError
-from service.core.inference import InferenceCore, Row, off_loop
+from service.core.inference import InferenceCore, Row
 from service.core.registry import ModelRegistry
 from service.core.sampling import top_indices
+from service.core.threads import off_loop
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "parameters"]
 PLATFORM = "onnxruntime_onnx"

@@ -27,7 +27,7 @@ from service.api.native.protocol import (
 from service.api.plugin import Protocol
 from service.api.responses import ErrorResponse
 from service.api.strict import ProtocolRoute
-from service.core.inference import off_loop
+from service.core.threads import off_loop
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Malformed JSON"},

@@ -21,7 +21,8 @@ from service.api.native.protocol import (
     ScoreResponse,
     ScoreResult,
 )
-from service.core.inference import InferenceCore, NextTokens, Row, off_loop
+from service.core.inference import InferenceCore, NextTokens, Row
+from service.core.threads import off_loop
 
 
 async def rows(core: InferenceCore, req: Inputs) -> list[Row]:
