@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from service.core.inference import InferenceCore
+from service.core.instance import ModelInstance
 from service.core.registry import Lease, ModelRegistry
 
 LEASES_KEY = "attnserve.leases"
@@ -24,7 +24,7 @@ def note(request: Request) -> dict[str, Any]:
     return request.scope.setdefault(LOG_KEY, {})
 
 
-def lease(request: Request, name: str | None, version: str | None = None) -> InferenceCore:
+def lease(request: Request, name: str | None, version: str | None = None) -> ModelInstance:
     """The serving version of the named model (the default model when None), held for this request;
     raises ModelNotFoundError (each protocol renders it as its own 404)."""
     return lease_in(request.scope, request.app.state.registry, name, version)
@@ -32,9 +32,9 @@ def lease(request: Request, name: str | None, version: str | None = None) -> Inf
 
 def lease_in(
     scope: MutableMapping[str, Any], registry: ModelRegistry, name: str | None, version: str | None = None
-) -> InferenceCore:
+) -> ModelInstance:
     """lease() for a handler that has the ASGI scope rather than a Request."""
-    return hold(scope, registry, name, version).core
+    return hold(scope, registry, name, version).instance
 
 
 def hold(scope: MutableMapping[str, Any], registry: ModelRegistry, name: str | None, version: str | None) -> Lease:

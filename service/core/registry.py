@@ -27,7 +27,7 @@ from bundlespec import MANIFEST_FILE, ONE_SHOT, BundleFormatError, read_manifest
 from service.core.bundle import Bundle, load_bundle
 from service.core.config import CoreConfig, CoreObservers
 from service.core.errors import BundleError, LoadError, ModelNotFoundError
-from service.core.inference import InferenceCore
+from service.core.instance import ModelInstance
 from service.core.memory import trim_heap
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Served:
 
     name: str
     version: str
-    core: InferenceCore
+    instance: ModelInstance
     resident_bytes: int
     loaded_at: float = field(default_factory=time.time)
     leases: int = 0
@@ -73,8 +73,8 @@ class Lease:
         served.leases += 1
 
     @property
-    def core(self) -> InferenceCore:
-        return self.served.core
+    def instance(self) -> ModelInstance:
+        return self.served.instance
 
     def release(self) -> None:
         if self._held:
@@ -346,12 +346,12 @@ class ModelRegistry:
     async def stop(self, grace_s: float) -> None:
         """Stop every version: serving ones finish their work within grace_s."""
         for served in list(self.serving.values()):
-            await served.core.stop(grace_s)
+            await served.instance.stop(grace_s)
         self.serving.clear()
         for task in list(self._retirements):
             task.cancel()
         for served in list(self.retiring):
-            await served.core.stop(0)
+            await served.instance.stop(0)
 
     async def wait_retired(self) -> None:
         """Until every retired version is released (the tests wait on it)."""
@@ -364,16 +364,16 @@ class ModelRegistry:
         if self.repository is not None and not path.resolve().is_relative_to(self.repository.resolve()):
             raise BundleError(f"{path} leads outside the repository {self.repository} (a symlink out of it)")
 
-        def build() -> tuple[InferenceCore, int]:
+        def build() -> tuple[ModelInstance, int]:
             before = _rss_bytes()
             bundle = self._open(path)
-            core = InferenceCore(bundle, self.config, self.observers.model(name, version), name=name)
-            core.warm_up()
-            return core, max(_rss_bytes() - before, 0)
+            model = ModelInstance(bundle, self.config, self.observers.model(name, version), name=name)
+            model.warm_up()
+            return model, max(_rss_bytes() - before, 0)
 
-        core, resident = await asyncio.to_thread(build)
-        core.start()
-        return Served(name, version, core, resident)
+        model, resident = await asyncio.to_thread(build)
+        model.start()
+        return Served(name, version, model, resident)
 
     def _retire(self, served: Served) -> None:
         served.retired = True
@@ -392,9 +392,9 @@ class ModelRegistry:
         except TimeoutError:
             log.warning("%s version %s: %d requests still hold it; stopping it anyway", served.name,
                         served.version, served.leases)  # fmt: skip
-        await served.core.stop(self.retire_grace_s)
+        await served.instance.stop(self.retire_grace_s)
         self.retiring.discard(served)
         self.observers.model_state(served.name, served.version, "", 0)
         log.info("released %s version %s", served.name, served.version)
-        del served.core
+        del served.instance
         await asyncio.to_thread(_give_memory_back)

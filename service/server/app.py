@@ -96,7 +96,7 @@ def create_app(
         publisher = asyncio.create_task(app.state.workers.publish()) if app.state.workers is not None else None
         app.state.ready = True
         for served in registry.ready():
-            log.info("ready: serving %s version %s on %s", served.name, served.version, served.core.provider)
+            log.info("ready: serving %s version %s on %s", served.name, served.version, served.instance.provider)
         _log_access_rule(settings)
         host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
         log.info("attention explorer: http://%s:%d/explorer/", host, settings.port)
@@ -197,7 +197,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         if default is None:
             app.openapi_schema = None  # not started: kept only once the bounds are known
             return schema
-        b = default.core.bundle
+        b = default.instance.bundle
         fill_bounds(schema, model_bounds(b.vocab_size, b.arch.n_layer, b.arch.n_head))
         return schema
     return app.openapi_schema

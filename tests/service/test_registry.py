@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.core import jobs
 from service.core.config import CoreConfig
 from service.core.errors import LoadError, ModelNotFoundError
+from service.core.inputs import rows
 from service.core.registry import ModelRegistry, ModelState, scan
 
 CONFIG = CoreConfig(device="cpu", max_batch_delay_ms=1, request_timeout_s=5)
@@ -47,7 +49,7 @@ def test_every_model_loads_and_a_broken_one_is_unavailable_with_its_reason(tmp_p
         try:
             index = {m.name: m for m in registry.index()}
             lease = registry.lease(None)
-            ids = (await lease.core.next_token(lease.core.rows([[1, 2, 3]]), 3))[0].token_ids
+            ids = (await jobs.next_token(lease.instance, rows(lease.instance, [[1, 2, 3]]), 3))[0].token_ids
             lease.release()
             return index, ids
         finally:
@@ -71,13 +73,13 @@ def test_a_swap_serves_new_requests_from_the_new_version_and_old_leases_finish_o
         new = registry.lease("toy")
         assert new.served.version == "2" and old.served.version == "1"
         # The old version still answers its request, and is listed as going.
-        rows = old.core.rows([[1, 2, 3]])
-        before = (await old.core.next_token(rows, 2))[0].logprobs
+        prompt = rows(old.instance, [[1, 2, 3]])
+        before = (await jobs.next_token(old.instance, prompt, 2))[0].logprobs
         states = {(m.version, m.state) for m in registry.index()}
         assert ("1", ModelState.UNLOADING) in states and ("2", ModelState.READY) in states
         old.release()
         await asyncio.wait_for(registry.wait_retired(), 10)
-        after = (await new.core.next_token(new.core.rows([[1, 2, 3]]), 2))[0].logprobs
+        after = (await jobs.next_token(new.instance, rows(new.instance, [[1, 2, 3]]), 2))[0].logprobs
         new.release()
         with pytest.raises(ModelNotFoundError, match="version '1'"):
             registry.lease("toy", "1")
@@ -120,7 +122,7 @@ def test_unload_refuses_new_requests_and_lets_running_ones_finish(tmp_path, toy_
         await registry.unload("toy")
         with pytest.raises(ModelNotFoundError):
             registry.lease("toy")
-        answer = await running.core.score(running.core.rows([[1, 2, 3]]))
+        answer = await jobs.score(running.instance, rows(running.instance, [[1, 2, 3]]))
         running.release()
         await asyncio.wait_for(registry.wait_retired(), 10)
         await registry.load("toy")

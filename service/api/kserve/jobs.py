@@ -1,5 +1,5 @@
 """attnserve's jobs as Open Inference Protocol (KServe v2) models: each job's outputs, parameters and
-the call on the core that answers it. serving.py maps model names and requests onto these."""
+the call on the model that answers it. serving.py maps model names and requests onto these."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import numpy as np
 from bundlespec.graphs import LENS_TOP
 from service.api.budget import Reservation
 from service.api.kserve.codec import BYTES, Output, V2Error
-from service.core.inference import InferenceCore, Row
+from service.core import jobs
+from service.core.inputs import Row, ablation_mask
+from service.core.instance import ModelInstance
 
 PAD_ID = -1  # token_ids padding: never a real token
 
@@ -43,10 +45,10 @@ class V2Model:
     description: str
     outputs: list[TensorMeta]
     params: list[Param]
-    run: Callable[[InferenceCore, list[Row], dict[str, Any], set[str], Reservation | None], Awaitable[list[Output]]]
+    run: Callable[[ModelInstance, list[Row], dict[str, Any], set[str], Reservation | None], Awaitable[list[Output]]]
     # The large outputs' element counts for these rows, known before the run, so that the answer's
     # bytes are reserved first (attention reserves its weights itself, once the layers are checked).
-    values: Callable[[InferenceCore, list[Row], dict[str, Any]], dict[str, int]]
+    values: Callable[[ModelInstance, list[Row], dict[str, Any]], dict[str, int]]
     classified: str | None = None  # the output that the classification extension applies to
 
 
@@ -70,7 +72,7 @@ ASCII_INDEX = re.compile(r"[0-9]+")
 ASCII_PAIR = re.compile(r"([0-9]+)\.([0-9]+)")
 
 
-def _head_mask(core: InferenceCore, params: dict[str, Any]) -> np.ndarray | None:
+def _head_mask(model: ModelInstance, params: dict[str, Any]) -> np.ndarray | None:
     """v2 parameters are scalars, so the heads to ablate come as "0.2,1.3"."""
     value = params.get("ablate")
     if not value:
@@ -81,7 +83,7 @@ def _head_mask(core: InferenceCore, params: dict[str, Any]) -> np.ndarray | None
         if pair is None:
             raise V2Error(f'parameter \'ablate\' takes "layer.head" pairs like "0.2,1.3", not {value!r}')
         pairs.append((int(pair[1]), int(pair[2])))
-    return core.head_mask(pairs, "ablate")
+    return ablation_mask(model.bundle.arch, pairs, "ablate")
 
 
 def _lengths(rows: list[Row]) -> Output:
@@ -96,12 +98,14 @@ def _token_ids(rows: list[Row], width: int) -> Output:
 
 
 async def _next_token(
-    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
+    model: ModelInstance, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
 ) -> list[Output]:
     temperature = params.get("temperature", 1.0)
     if not 1e-3 <= temperature <= 100:
         raise V2Error(f"parameter 'temperature' must be between 0.001 and 100, not {temperature}")
-    logprobs = np.stack(await core.next_token_logprobs(rows, temperature, _head_mask(core, params))).astype(np.float32)
+    logprobs = np.stack(await jobs.next_token_logprobs(model, rows, temperature, _head_mask(model, params))).astype(
+        np.float32
+    )
     return [Output("next_token_logprobs", "FP32", logprobs, logprobs.shape), _lengths(rows)]
 
 
@@ -110,7 +114,7 @@ ATTENTION_BYTES = 4 + 10
 
 
 async def _attention(
-    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], held: Reservation | None
+    model: ModelInstance, rows: list[Row], params: dict[str, Any], wanted: set[str], held: Reservation | None
 ) -> list[Output]:
     layers, heads = (_index_list(params.get(p), p) for p in ("layers", "heads"))
     width = max(len(r.ids) for r in rows)
@@ -120,7 +124,7 @@ async def _attention(
             padded = returned // sum(len(r.ids) ** 2 for r in rows) * len(rows) * width**2
             held.take(padded * ATTENTION_BYTES)
 
-    maps = await core.attention(rows, layers, heads, reserve, _head_mask(core, params))
+    maps = await jobs.attention(model, rows, layers, heads, reserve, _head_mask(model, params))
     layers_, heads_ = maps[0].layers, maps[0].heads
     out = [_lengths(rows), _token_ids(rows, width)]
     out.append(Output("layers", "INT64", np.array(layers_, dtype=np.int64), (len(layers_),)))
@@ -135,9 +139,9 @@ async def _attention(
 
 
 async def _score(
-    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
+    model: ModelInstance, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
 ) -> list[Output]:
-    scores = await core.score(rows, _head_mask(core, params))
+    scores = await jobs.score(model, rows, _head_mask(model, params))
     width = max(len(r.ids) for r in rows)
     logprobs = np.zeros((len(rows), max(width - 1, 0)), dtype=np.float32)
     for i, s in enumerate(scores):
@@ -146,10 +150,10 @@ async def _score(
 
 
 async def _logit_lens(
-    core: InferenceCore, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
+    model: ModelInstance, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
 ) -> list[Output]:
     top_k = params.get("top_k", 5)
-    lens = await core.logit_lens(rows, top_k, _head_mask(core, params))
+    lens = await jobs.logit_lens(model, rows, top_k, _head_mask(model, params))
     width = max(len(r.ids) for r in rows)
     depth = lens[0][0].shape[0]
     logprobs = np.zeros((len(rows), depth, width, top_k), dtype=np.float32)
@@ -164,24 +168,24 @@ async def _logit_lens(
     ]
 
 
-def _vocab_values(core: InferenceCore, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
-    return {"next_token_logprobs": len(rows) * core.bundle.vocab_size}
+def _vocab_values(model: ModelInstance, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
+    return {"next_token_logprobs": len(rows) * model.bundle.vocab_size}
 
 
-def _score_values(core: InferenceCore, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
+def _score_values(model: ModelInstance, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
     width = max(len(r.ids) for r in rows)
     return {"token_logprobs": len(rows) * (width - 1), "token_ids": len(rows) * width}
 
 
-def _attention_values(core: InferenceCore, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
+def _attention_values(model: ModelInstance, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
     return {"token_ids": len(rows) * max(len(r.ids) for r in rows)}
 
 
-def _lens_values(core: InferenceCore, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
+def _lens_values(model: ModelInstance, rows: list[Row], params: dict[str, Any]) -> dict[str, int]:
     top_k = params.get("top_k", 5)
     if not 1 <= top_k <= LENS_TOP:
         raise V2Error(f"parameter 'top_k' must be from 1 to {LENS_TOP}, not {top_k}")
-    n = len(rows) * (core.bundle.arch.n_layer + 1) * max(len(r.ids) for r in rows) * top_k
+    n = len(rows) * (model.bundle.arch.n_layer + 1) * max(len(r.ids) for r in rows) * top_k
     return {"lens_logprobs": n, "lens_token_ids": n}
 
 

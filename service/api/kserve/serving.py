@@ -26,7 +26,8 @@ from service.api.deps import hold
 from service.api.kserve.codec import BYTES, InferRequest, Output, Tensor, V2Error, encode_response
 from service.api.kserve.jobs import INPUTS, INPUTS_BY_NAME, MODELS, PROTOCOL_PARAMS, V2Model
 from service.core.errors import ModelNotFoundError
-from service.core.inference import InferenceCore, Row
+from service.core.inputs import Row, input_rows
+from service.core.instance import ModelInstance
 from service.core.registry import ModelRegistry
 from service.core.sampling import top_indices
 from service.core.threads import off_loop
@@ -42,7 +43,7 @@ class Target:
 
     name: str  # the v2 model name as asked
     job: V2Model
-    core: InferenceCore
+    model: ModelInstance
     version: str
 
 
@@ -78,15 +79,15 @@ class V2Serving:
     def target(self, request: Any, name: str, version: str | None) -> Target:
         model, job = self.split(name)
         held = hold(request.scope, self.registry, model, version or None)
-        return Target(name, job, held.core, held.served.version)
+        return Target(name, job, held.instance, held.served.version)
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "attnserve", "version": __version__, "extensions": EXTENSIONS}
 
     @staticmethod
-    def _shape(core: InferenceCore, shape: list[int]) -> list[int]:
+    def _shape(model: ModelInstance, shape: list[int]) -> list[int]:
         # -2 in a declared shape stands for the vocabulary size, known only once a bundle is loaded.
-        return [core.bundle.vocab_size if d == -2 else d for d in shape]
+        return [model.bundle.vocab_size if d == -2 else d for d in shape]
 
     def model_metadata(self, t: Target) -> dict[str, Any]:
         return {
@@ -94,12 +95,12 @@ class V2Serving:
             "versions": [t.version],
             "platform": PLATFORM,
             "inputs": [m.metadata() for m in INPUTS],
-            "outputs": [{**m.metadata(), "shape": self._shape(t.core, m.shape)} for m in t.job.outputs],
+            "outputs": [{**m.metadata(), "shape": self._shape(t.model, m.shape)} for m in t.job.outputs],
         }
 
     def model_config(self, t: Target) -> dict[str, Any]:
         """Triton's model configuration, so that tools that read it (and people) see the batching."""
-        s = t.core.config
+        s = t.model.config
         return {
             "name": t.name,
             "platform": PLATFORM,
@@ -117,7 +118,7 @@ class V2Serving:
                 for m in INPUTS
             ],
             "output": [
-                {"name": m.name, "data_type": f"TYPE_{m.datatype}", "dims": self._shape(t.core, m.shape)}
+                {"name": m.name, "data_type": f"TYPE_{m.datatype}", "dims": self._shape(t.model, m.shape)}
                 for m in t.job.outputs
             ],
             "dynamic_batching": {
@@ -135,15 +136,15 @@ class V2Serving:
         header = request.header
         m = t.job
         params = self._params(m, header.parameters)
-        rows = await self._rows(t.core, request.inputs, params.get("truncate", False))
+        rows = await self._rows(t.model, request.inputs, params.get("truncate", False))
         if log is not None:
             log["rows"] = len(rows)
-        wanted, binary, classify = self._outputs(t.core, m, header)
+        wanted, binary, classify = self._outputs(t.model, m, header)
         if held is not None:
-            held.take(self._answer_bytes(m, m.values(t.core, rows, params), wanted, binary))
-        outputs = [o for o in await m.run(t.core, rows, params, set(wanted), held) if o.name in wanted]
+            held.take(self._answer_bytes(m, m.values(t.model, rows, params), wanted, binary))
+        outputs = [o for o in await m.run(t.model, rows, params, set(wanted), held) if o.name in wanted]
         if classify:
-            outputs = [self._classify(t.core, o, classify[o.name]) if o.name in classify else o for o in outputs]
+            outputs = [self._classify(t.model, o, classify[o.name]) if o.name in classify else o for o in outputs]
         order = {name: i for i, name in enumerate(wanted)}
         outputs.sort(key=lambda o: order[o.name])
         if held is not None and held.held >= OFF_LOOP_BYTES:
@@ -177,7 +178,7 @@ class V2Serving:
         return out
 
     @staticmethod
-    async def _rows(core: InferenceCore, inputs: dict[str, Tensor], truncate: bool) -> list[Row]:
+    async def _rows(model: ModelInstance, inputs: dict[str, Tensor], truncate: bool) -> list[Row]:
         for name, t in inputs.items():
             meta = INPUTS_BY_NAME.get(name)
             if meta is None:
@@ -192,12 +193,12 @@ class V2Serving:
                 raise V2Error("attention_mask goes with input_ids, not with text")
             if len(text.shape) not in (1, 2) or (len(text.shape) == 2 and text.shape[1] != 1):
                 raise V2Error(f"input 'text' must have shape [rows] or [rows, 1], not {list(text.shape)}")
-            return await core.input_rows(_texts(text), None, truncate)
+            return await input_rows(model, _texts(text), None, truncate)
         assert ids is not None
-        return await core.input_rows(None, _id_rows(ids, mask), truncate, "input_ids")
+        return await input_rows(model, None, _id_rows(ids, mask), truncate, "input_ids")
 
     def _outputs(
-        self, core: InferenceCore, m: V2Model, header: Any
+        self, model: ModelInstance, m: V2Model, header: Any
     ) -> tuple[dict[str, None], dict[str, bool], dict[str, int]]:
         """The outputs asked for, in order; which go binary; which are classified, with their k."""
         names = [t.name for t in m.outputs]
@@ -225,18 +226,18 @@ class V2Serving:
                     raise V2Error(
                         f"classification applies to {m.classified or 'no output of this model'}, not {o.name!r}"
                     )
-                if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= core.bundle.vocab_size:
-                    raise V2Error(f"classification must be a count from 1 to {core.bundle.vocab_size}, not {k!r}")
+                if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= model.bundle.vocab_size:
+                    raise V2Error(f"classification must be a count from 1 to {model.bundle.vocab_size}, not {k!r}")
                 classify[o.name] = k
             unknown = set(o.parameters) - {"binary_data", "classification"}
             if unknown:
                 raise V2Error(f"output {o.name!r} has unknown parameters {sorted(unknown)}")
         return wanted, binary, classify
 
-    def _classify(self, core: InferenceCore, o: Output, k: int) -> Output:
+    def _classify(self, model: ModelInstance, o: Output, k: int) -> Output:
         """Triton's classification extension: the top k of each row as "value:index:label", best first."""
         values = np.asarray(o.value)
-        text = core.token_text
+        text = model.token_text
         items = [f"{str(row[j])}:{j}:{text[j]}".encode() for row in values for j in top_indices(row, k).tolist()]
         return Output(o.name, BYTES, items, (values.shape[0], k))
 

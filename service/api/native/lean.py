@@ -39,9 +39,9 @@ async def next_token(scope: dict[str, Any], body: bytes, state: Any) -> Response
     except ValidationError as e:
         return error_response(RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]))
     try:
-        core = lease_in(scope, state.registry, req.model)
+        model = lease_in(scope, state.registry, req.model)
         scope[LOG_KEY]["rows"] = req.count
-        return Response(await serving.next_token(core, req, reservation(scope)), media_type="application/json")
+        return Response(await serving.next_token(model, req, reservation(scope)), media_type="application/json")
     except Exception as e:  # noqa: BLE001 (every error is answered in the native shape, as the route's class does)
         return error_response(e)
 

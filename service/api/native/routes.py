@@ -1,4 +1,4 @@
-"""attnserve's own routes: thin wrappers over the core, with native error bodies (service.api.native.errors)."""
+"""attnserve's own routes: thin wrappers over the model, with native error bodies (service.api.native.errors)."""
 
 from __future__ import annotations
 
@@ -51,17 +51,17 @@ router = APIRouter(prefix="/v1", tags=["model"], responses=ERRORS, route_class=N
 @router.post("/next-token", response_model=NextTokenResponse)
 async def next_token(body: NextTokenRequest, request: Request) -> Response:
     """Top-k next tokens, with probabilities, for each input."""
-    core = lease(request, body.model)
+    model = lease(request, body.model)
     note(request)["rows"] = body.count
-    return Response(await serving.next_token(core, body, reservation(request.scope)), media_type="application/json")
+    return Response(await serving.next_token(model, body, reservation(request.scope)), media_type="application/json")
 
 
 @router.post("/attention", response_model=AttentionResponse)
 async def attention(body: AttentionRequest, request: Request) -> Response:
     """Softmax attention weights per layer and head, aligned to the input's tokens."""
-    core = lease(request, body.model)
+    model = lease(request, body.model)
     note(request)["rows"] = body.count
-    result = await serving.attention(core, body, reservation(request.scope))
+    result = await serving.attention(model, body, reservation(request.scope))
     # A full-context answer is tens of MB of JSON: written in a thread, one map at a time, so that
     # the event loop gets the interpreter between maps (orjson holds it while it writes).
     content = await off_loop(serving.attention_json, result)
@@ -79,18 +79,18 @@ async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
 async def logit_lens(body: LogitLensRequest, request: Request) -> Response:
     """What each layer predicts: the residual stream after the embeddings and after every block,
     read through the final LayerNorm and the unembedding, top k per layer and position."""
-    core = lease(request, body.model)
+    model = lease(request, body.model)
     note(request)["rows"] = body.count
-    return Response(await serving.logit_lens(core, body, reservation(request.scope)), media_type="application/json")
+    return Response(await serving.logit_lens(model, body, reservation(request.scope)), media_type="application/json")
 
 
 @router.post("/head-importance", response_model=HeadImportanceResponse)
 async def head_importance(body: HeadImportanceRequest, request: Request) -> HeadImportanceResponse:
     """How much each head matters to each input: the change in mean log p(next token) when that head
     alone is ablated (every head in turn, batched as rows of the score graph)."""
-    core = lease(request, body.model)
+    model = lease(request, body.model)
     note(request)["rows"] = body.count
-    return await serving.head_importance(core, body)
+    return await serving.head_importance(model, body)
 
 
 # Every other path's errors take the native shape too (the default protocol); everything under /v1/

@@ -1,4 +1,4 @@
-"""From native requests to calls on the core, and from the core's results to native responses."""
+"""From native requests to the core's jobs, and from their results to native responses."""
 
 from __future__ import annotations
 
@@ -21,33 +21,38 @@ from service.api.native.protocol import (
     ScoreResponse,
     ScoreResult,
 )
-from service.core.inference import InferenceCore, NextTokens, Row
+from service.core import jobs
+from service.core.inputs import Row, ablation_mask, input_rows
+from service.core.instance import ModelInstance
+from service.core.jobs import NextTokens
 from service.core.threads import off_loop
 
 
-async def rows(core: InferenceCore, req: Inputs) -> list[Row]:
-    return await core.input_rows(req.texts, req.token_ids, req.truncate)
+async def rows(model: ModelInstance, req: Inputs) -> list[Row]:
+    return await input_rows(model, req.texts, req.token_ids, req.truncate)
 
 
-async def next_token(core: InferenceCore, req: NextTokenRequest, reservation: Reservation | None = None) -> bytes:
+async def next_token(model: ModelInstance, req: NextTokenRequest, reservation: Reservation | None = None) -> bytes:
     """The JSON answer, written directly: the hot path skips building and re-validating response models
     (NextTokenResponse stays the documented shape; tests/service/test_schemathesis.py checks answers against it).
     A top_k as large as the vocabulary makes a large answer: its bytes are reserved like the others'."""
-    inputs = await rows(core, req)
-    size = len(inputs) * min(req.top_k, core.bundle.vocab_size) * LENS_JSON_BYTES
+    inputs = await rows(model, req)
+    size = len(inputs) * min(req.top_k, model.bundle.vocab_size) * LENS_JSON_BYTES
     if reservation is not None:
         reservation.take(size)
-    results = await core.next_token(inputs, req.top_k, req.temperature, core.head_mask(req.ablate))
+    results = await jobs.next_token(
+        model, inputs, req.top_k, req.temperature, ablation_mask(model.bundle.arch, req.ablate)
+    )
     if size < OFF_LOOP_BYTES:
-        return _next_token_json(core, results)
-    return await off_loop(_next_token_json, core, results)
+        return _next_token_json(model, results)
+    return await off_loop(_next_token_json, model, results)
 
 
-def _next_token_json(core: InferenceCore, results: list[NextTokens]) -> bytes:
-    text = core.token_text
+def _next_token_json(model: ModelInstance, results: list[NextTokens]) -> bytes:
+    text = model.token_text
     return orjson.dumps(
         {
-            "model": core.name,
+            "model": model.name,
             "results": [
                 {
                     "n_tokens": len(r.row.ids),
@@ -64,13 +69,13 @@ def _next_token_json(core: InferenceCore, results: list[NextTokens]) -> bytes:
 
 
 async def attention(
-    core: InferenceCore, req: AttentionRequest, reservation: Reservation | None = None
+    model: ModelInstance, req: AttentionRequest, reservation: Reservation | None = None
 ) -> dict[str, Any]:
     """Plain data with numpy arrays, for orjson: a response can hold millions of floats."""
     reserve = (lambda n: reservation.take(n * ATTENTION_JSON_BYTES)) if reservation is not None else None
-    head_mask = core.head_mask(req.ablate)
-    results = await core.attention(await rows(core, req), req.layers, req.heads, reserve, head_mask)
-    text = core.token_text
+    head_mask = ablation_mask(model.bundle.arch, req.ablate)
+    results = await jobs.attention(model, await rows(model, req), req.layers, req.heads, reserve, head_mask)
+    text = model.token_text
     out = []
     for r in results:
         ids = r.row.ids.tolist()
@@ -83,7 +88,7 @@ async def attention(
                 "attention": r.weights,
             }
         )
-    return {"model": core.name, "results": out}
+    return {"model": model.name, "results": out}
 
 
 def attention_json(answer: dict[str, Any]) -> bytes:
@@ -100,9 +105,9 @@ def attention_json(answer: dict[str, Any]) -> bytes:
     return orjson.dumps({"model": answer["model"]})[:-1] + b',"results":[' + b",".join(results) + b"]}"
 
 
-async def score(core: InferenceCore, req: ScoreRequest) -> ScoreResponse:
-    results = await core.score(await rows(core, req), core.head_mask(req.ablate))
-    text = core.token_text
+async def score(model: ModelInstance, req: ScoreRequest) -> ScoreResponse:
+    results = await jobs.score(model, await rows(model, req), ablation_mask(model.bundle.arch, req.ablate))
+    text = model.token_text
     out = []
     for r in results:
         ids = r.row.ids.tolist()
@@ -117,21 +122,21 @@ async def score(core: InferenceCore, req: ScoreRequest) -> ScoreResponse:
                 truncated=r.row.truncated,
             )
         )
-    return ScoreResponse(model=core.name, results=out)
+    return ScoreResponse(model=model.name, results=out)
 
 
-async def logit_lens(core: InferenceCore, req: LogitLensRequest, reservation: Reservation | None = None) -> bytes:
+async def logit_lens(model: ModelInstance, req: LogitLensRequest, reservation: Reservation | None = None) -> bytes:
     """The answer's bytes are reserved before anything runs, and a large answer is written off the event
     loop, one row at a time, so that no row's entries exist as Python objects all at once."""
-    head_mask = core.head_mask(req.ablate)
-    inputs = await rows(core, req)
-    entries = sum(len(_lens_positions(r, req)) for r in inputs) * (core.bundle.arch.n_layer + 1) * req.top_k
+    head_mask = ablation_mask(model.bundle.arch, req.ablate)
+    inputs = await rows(model, req)
+    entries = sum(len(_lens_positions(r, req)) for r in inputs) * (model.bundle.arch.n_layer + 1) * req.top_k
     if reservation is not None:
         reservation.take(entries * LENS_JSON_BYTES)
-    lens = await core.logit_lens(inputs, req.top_k, head_mask)
+    lens = await jobs.logit_lens(model, inputs, req.top_k, head_mask)
     if entries * LENS_JSON_BYTES < OFF_LOOP_BYTES:
-        return _lens_json(core, req, inputs, lens)
-    return await off_loop(_lens_json, core, req, inputs, lens)
+        return _lens_json(model, req, inputs, lens)
+    return await off_loop(_lens_json, model, req, inputs, lens)
 
 
 def _lens_positions(row: Row, req: LogitLensRequest) -> list[int]:
@@ -140,11 +145,11 @@ def _lens_positions(row: Row, req: LogitLensRequest) -> list[int]:
 
 
 def _lens_json(
-    core: InferenceCore, req: LogitLensRequest, inputs: list[Row], lens: list[tuple[np.ndarray, np.ndarray]]
+    model: ModelInstance, req: LogitLensRequest, inputs: list[Row], lens: list[tuple[np.ndarray, np.ndarray]]
 ) -> bytes:
-    text = core.token_text
+    text = model.token_text
     # One join at the end: each copy of a 100 MB answer holds the interpreter (and so the event loop).
-    parts = [orjson.dumps({"model": core.name})[:-1], b',"results":[']
+    parts = [orjson.dumps({"model": model.name})[:-1], b',"results":[']
     for i, (row, (logprobs, ids)) in enumerate(zip(inputs, lens, strict=True)):
         positions = _lens_positions(row, req)
         layers = [
@@ -165,17 +170,17 @@ def _lens_json(
     return b"".join(parts)
 
 
-async def head_importance(core: InferenceCore, req: HeadImportanceRequest) -> HeadImportanceResponse:
-    inputs = await rows(core, req)
+async def head_importance(model: ModelInstance, req: HeadImportanceRequest) -> HeadImportanceResponse:
+    inputs = await rows(model, req)
     out = []
-    for row, (mean, importance) in zip(inputs, await core.head_importance(inputs), strict=True):
+    for row, (mean, importance) in zip(inputs, await jobs.head_importance(model, inputs), strict=True):
         ids = row.ids.tolist()
         out.append(
             HeadImportanceResult(
-                tokens=[core.token_text[t] for t in ids],
+                tokens=[model.token_text[t] for t in ids],
                 token_ids=ids,
                 mean_logprob=mean,
                 importance=importance.tolist(),
             )
         )
-    return HeadImportanceResponse(model=core.name, results=out)
+    return HeadImportanceResponse(model=model.name, results=out)

@@ -25,6 +25,7 @@ from service.api.openai.protocol import (
 from service.api.openai.serving import OpenAIServing, model_card
 from service.api.plugin import Protocol
 from service.api.strict import ProtocolRoute
+from service.core.inputs import check_ids
 
 
 class OpenAIRoute(ProtocolRoute):
@@ -65,7 +66,7 @@ STREAM: dict[int | str, dict[str, Any]] = {
 async def completions(body: CompletionRequest, request: Request) -> Response:
     """Continue each prompt (OpenAI's completions API); `stream: true` answers with server-sent events."""
     s = OpenAIServing(lease(request, body.model), note(request))
-    rows = await s.prompts(s.core, body)
+    rows = await s.prompts(body)
     if body.stream:
         # Queued before the response starts, so that a full queue is still a 503 and not a broken stream.
         choices, streams = s.start(body, rows, reservation(request.scope))
@@ -90,28 +91,28 @@ async def model(model: str, request: Request) -> ModelCard:
 @router.post("/tokenize", response_model=TokenizeResponse)
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     """Text to token ids (the shape evaluation harnesses' remote tokenizers call)."""
-    core = lease(request, body.model)
-    (ids,) = core.encode([body.prompt])
-    strs = [core.token_text[t] for t in ids] if body.return_token_strs else None
-    return TokenizeResponse(count=len(ids), max_model_len=core.bundle.context_length, tokens=ids, token_strs=strs)
+    model = lease(request, body.model)
+    (ids,) = model.encode([body.prompt])
+    strs = [model.token_text[t] for t in ids] if body.return_token_strs else None
+    return TokenizeResponse(count=len(ids), max_model_len=model.bundle.context_length, tokens=ids, token_strs=strs)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
     """Token ids to text."""
-    core = lease(request, body.model)
-    core.check_ids([body.tokens], "tokens")
-    return DetokenizeResponse(prompt=core.decode(body.tokens))
+    model = lease(request, body.model)
+    check_ids(model, [body.tokens], "tokens")
+    return DetokenizeResponse(prompt=model.decode(body.tokens))
 
 
 @router.get("/tokenizer_info", response_model=TokenizerInfo)
 async def tokenizer_info(request: Request, model: str | None = None) -> TokenizerInfo:
     """The tokenizer's facts (of `?model=`, else the default model): byte-level BPE, no special tokens."""
-    core = lease(request, model)
+    bundle = lease(request, model).bundle
     return TokenizerInfo(
         tokenizer_class="ByteLevelBPETokenizer",
-        model_max_length=core.bundle.context_length,
-        vocab_size=core.bundle.vocab_size,
+        model_max_length=bundle.context_length,
+        vocab_size=bundle.vocab_size,
     )
 
 

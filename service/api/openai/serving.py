@@ -1,4 +1,4 @@
-"""From OpenAI completion requests to generation on the core, and back to OpenAI's shapes."""
+"""From OpenAI completion requests to the core's generation job, and back to OpenAI's shapes."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ from service.api.openai.protocol import (
     ModelCard,
     Usage,
 )
+from service.core import jobs
 from service.core.errors import InputError
 from service.core.generation import GenerationParams, GenerationStream, Step
-from service.core.inference import InferenceCore, Row
+from service.core.inputs import Row, ablation_mask, input_rows, layer_head_indices
+from service.core.instance import ModelInstance
 from service.core.registry import Served
 from service.core.sampling import SamplingParams
 
@@ -49,11 +51,11 @@ class ChoiceState:
 
 def model_card(served: Served) -> ModelCard:
     """OpenAI's model object for one loaded model, with attnserve's facts about it."""
-    core = served.core
-    arch, s = core.bundle.arch, core.config
+    model = served.instance
+    arch, s = model.bundle.arch, model.config
     return ModelCard(
         id=served.name,
-        created=int(dt.datetime.fromisoformat(core.bundle.manifest.created).timestamp()),
+        created=int(dt.datetime.fromisoformat(model.bundle.manifest.created).timestamp()),
         owned_by="attnserve",
         version=served.version,
         vocab_size=arch.vocab_size,
@@ -62,8 +64,8 @@ def model_card(served: Served) -> ModelCard:
         n_layer=arch.n_layer,
         n_head=arch.n_head,
         d_model=arch.d_model,
-        provider=core.provider,
-        precision={name: g.precision for name, g in core.bundle.manifest.graphs.items()},
+        provider=model.provider,
+        precision={name: g.precision for name, g in model.bundle.manifest.graphs.items()},
         resident_bytes=served.resident_bytes,
         batching={
             "max_batch_size": s.max_batch_size,
@@ -72,10 +74,10 @@ def model_card(served: Served) -> ModelCard:
         },
         generation={
             "max_active_sequences": s.max_active_sequences,
-            "kv_cache_tokens": core.scheduler.kv_cache_tokens,
+            "kv_cache_tokens": model.scheduler.kv_cache_tokens,
             "max_waiting_sequences": s.max_waiting_sequences,
         },
-        val_nats_per_char=core.bundle.manifest.training.get("val_nats_per_char"),
+        val_nats_per_char=model.bundle.manifest.training.get("val_nats_per_char"),
     )
 
 
@@ -84,21 +86,21 @@ class OpenAIServing:
     request's access-line fields (rows, tokens, the first token's time); with tracing on, the
     generation is a span under the request's, with a child span up to the first token."""
 
-    def __init__(self, core: InferenceCore, log: dict[str, Any] | None = None) -> None:
-        self.core = core
+    def __init__(self, model: ModelInstance, log: dict[str, Any] | None = None) -> None:
+        self.model = model
         self.log = log if log is not None else {}
         self._span: Any = None
         self._started_ns = self._first_ns = 0
 
-    async def prompts(self, core: InferenceCore, req: CompletionRequest) -> list[Row]:
-        p = req.prompt
+    async def prompts(self, req: CompletionRequest) -> list[Row]:
+        p, model = req.prompt, self.model
         if isinstance(p, str):
-            return await core.input_rows([p], None, what="prompt")
+            return await input_rows(model, [p], None, what="prompt")
         if all(isinstance(x, str) for x in p):
-            return await core.input_rows(p, None, what="prompt")  # type: ignore[arg-type]
+            return await input_rows(model, p, None, what="prompt")  # type: ignore[arg-type]
         if all(isinstance(x, int) for x in p):
-            return await core.input_rows(None, [p], what="prompt")  # type: ignore[list-item]
-        return await core.input_rows(None, p, what="prompt")  # type: ignore[arg-type]
+            return await input_rows(model, None, [p], what="prompt")  # type: ignore[list-item]
+        return await input_rows(model, None, p, what="prompt")  # type: ignore[arg-type]
 
     def start(
         self, req: CompletionRequest, rows: list[Row], reservation: Reservation | None
@@ -111,16 +113,16 @@ class OpenAIServing:
                 c.finish_reason = "length"
             return choices, []
         sampling = SamplingParams(req.temperature, req.top_p, max(req.top_k, 0), req.min_p, req.repetition_penalty)
-        head_mask = self.core.head_mask(req.ablate)
+        head_mask = ablation_mask(self.model.bundle.arch, req.ablate)
         attention = None
         if req.attention is not None:
-            attention = self.core.layer_head_indices(req.attention.layers, req.attention.heads)
+            attention = layer_head_indices(self.model.bundle.arch, req.attention.layers, req.attention.heads)
             layers, heads = attention
-            values = len(choices) * len(layers) * len(heads) * req.max_tokens * self.core.bundle.context_length
-            if values > self.core.config.max_attention_values:
+            values = len(choices) * len(layers) * len(heads) * req.max_tokens * self.model.bundle.context_length
+            if values > self.model.config.max_attention_values:
                 raise InputError(
                     f"the answer could hold {values:,} attention weights, more than MAX_ATTENTION_VALUES="
-                    f"{self.core.config.max_attention_values:,}; ask for fewer layers, heads, choices or tokens"
+                    f"{self.model.config.max_attention_values:,}; ask for fewer layers, heads, choices or tokens"
                 )
             if reservation is not None:
                 # Step t's weights cover the prompt and the t tokens before it, so the answer holds at
@@ -147,11 +149,11 @@ class OpenAIServing:
             )
             for c in choices
         ]
-        streams = self.core.generate([(c.prompt, p) for c, p in zip(choices, params, strict=True)])
+        streams = jobs.generate(self.model, [(c.prompt, p) for c, p in zip(choices, params, strict=True)])
         self.log["rows"] = len(choices)
         self._started_ns = time.time_ns()
         self._span = TRACER.start_span(
-            "generate", attributes={"attnserve.model": self.core.name, "attnserve.sequences": len(choices)}
+            "generate", attributes={"attnserve.model": self.model.name, "attnserve.sequences": len(choices)}
         )
         return choices, streams
 
@@ -175,7 +177,7 @@ class OpenAIServing:
         """echo with logprobs: the prompt's token log-probs, the first null (as /v1/score gives them)."""
         if not (req.echo and req.logprobs is not None):
             return [None] * len(rows)
-        scores = await self.core.score(rows, self.core.head_mask(req.ablate))
+        scores = await jobs.score(self.model, rows, ablation_mask(self.model.bundle.arch, req.ablate))
         out: list[Logprobs | None] = []
         for s in scores:
             ids = s.row.ids.tolist()
@@ -194,7 +196,7 @@ class OpenAIServing:
                 )
             out.append(
                 Logprobs(
-                    tokens=[self.core.token_text[t] for t in ids],
+                    tokens=[self.model.token_text[t] for t in ids],
                     token_logprobs=[None, *s.logprobs.tolist()],
                     top_logprobs=top,
                     text_offset=self._offsets(ids, 0),
@@ -205,12 +207,12 @@ class OpenAIServing:
     def _top_dict(self, pairs: list[tuple[int, float]]) -> dict[str, float]:
         top: dict[str, float] = {}
         for t, lp in pairs:
-            top.setdefault(self.core.token_text[t], lp)  # two ids can read the same: keep the likelier
+            top.setdefault(self.model.token_text[t], lp)  # two ids can read the same: keep the likelier
         return top
 
     def _offsets(self, ids: list[int], start: int) -> list[int]:
         """Where each token's text starts, counted in characters of the decoded text."""
-        return [start + len(self.core.decode(ids[:k])) for k in range(len(ids))]
+        return [start + len(self.model.decode(ids[:k])) for k in range(len(ids))]
 
     def completion_logprobs(self, c: ChoiceState, start: int, echo: Logprobs | None) -> Logprobs:
         ids = c.token_ids
@@ -219,7 +221,7 @@ class OpenAIServing:
             keep = sum(1 for o in offsets if o < start + len(c.text)) or min(1, len(ids))
             ids, offsets = ids[:keep], offsets[:keep]
         generated = Logprobs(
-            tokens=[self.core.token_text[t] for t in ids],
+            tokens=[self.model.token_text[t] for t in ids],
             token_logprobs=list(c.logprobs[: len(ids)]),
             top_logprobs=[self._top_dict(t) for t in c.top[: len(ids)]],
             text_offset=offsets,
@@ -262,7 +264,7 @@ class OpenAIServing:
             self._finish(choices)
         out = []
         for c in choices:
-            prompt_text = self.core.decode(c.prompt.ids.tolist()) if req.echo else ""
+            prompt_text = self.model.decode(c.prompt.ids.tolist()) if req.echo else ""
             echo = echoes[c.index // req.n]
             logprobs = None
             if req.logprobs is not None:
@@ -280,7 +282,7 @@ class OpenAIServing:
         return Completion(
             id=_completion_id(),
             created=int(time.time()),
-            model=self.core.name,
+            model=self.model.name,
             choices=out,
             usage=self._usage(rows, choices),
         )
@@ -312,7 +314,7 @@ class OpenAIServing:
                 "id": cid,
                 "object": "text_completion",
                 "created": created,
-                "model": self.core.name,
+                "model": self.model.name,
                 "choices": choices_,
             }
             if include_usage:
@@ -340,7 +342,7 @@ class OpenAIServing:
                         [
                             {
                                 "index": c.index,
-                                "text": self.core.decode(c.prompt.ids.tolist()),
+                                "text": self.model.decode(c.prompt.ids.tolist()),
                                 "logprobs": echo.model_dump() if echo else None,
                                 "finish_reason": None,
                             }
@@ -362,7 +364,7 @@ class OpenAIServing:
                 if req.logprobs is not None:
                     offset = len(c.text) - len(step.text)
                     logprobs = {
-                        "tokens": [self.core.token_text[step.token_id]],
+                        "tokens": [self.model.token_text[step.token_id]],
                         "token_logprobs": [step.logprob],
                         "top_logprobs": [self._top_dict(step.top)],
                         "text_offset": [offset],
