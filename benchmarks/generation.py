@@ -28,19 +28,19 @@ def generation_bench(bundle_dir: Path) -> dict:
     continuous: the service's scheduler (one decode step for every active sequence);
     one at a time: the same scheduler with MAX_ACTIVE_SEQUENCES=1 (the cache, no batching);
     recompute: no cache, the next-token graph over each whole sequence at every step, all
-    streams batched together in lock-step (the engine groups them by length as the service does).
+    streams batched together in lock-step (the runner groups them by length as the service does).
     """
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
     from service.core.bundle import load_bundle
-    from service.core.engine import Engine
     from service.core.generation import GenerationParams, Scheduler
+    from service.core.runner import ModelRunner
     from service.core.sampling import SamplingParams
     from service.server.settings import Settings
 
     bundle = load_bundle(bundle_dir)
-    engine = Engine(bundle, device="cpu", max_padding=Settings().batch_max_padding)
+    runner = ModelRunner(bundle, device="cpu", max_padding=Settings().batch_max_padding)
     room = bundle.context_length - GEN_TOKENS
     prompts = [np.asarray(e.ids[-room:], dtype=np.int64) for e in bundle.tokenizer.encode_batch(load_prompts())]
     params = GenerationParams(max_tokens=GEN_TOKENS, sampling=SamplingParams(temperature=0))
@@ -58,7 +58,7 @@ def generation_bench(bundle_dir: Path) -> dict:
     async def scheduled(n: int, max_active: int, burst_s: float = 0.005) -> dict:
         executor = ThreadPoolExecutor(1)
         sched = Scheduler(
-            engine,
+            runner,
             executor,
             bundle.tokenizer,
             max_active,
@@ -92,7 +92,7 @@ def generation_bench(bundle_dir: Path) -> dict:
         started = time.perf_counter()
         for _ in range(GEN_TOKENS):
             t0 = time.perf_counter()
-            out = engine.run("next_token", [np.asarray(s) for s in seqs])
+            out = runner.run("next_token", [np.asarray(s) for s in seqs])
             for s, lp in zip(seqs, out, strict=True):
                 s.append(int(np.argmax(lp)))
             steps.append(time.perf_counter() - t0)
@@ -125,23 +125,23 @@ def generation_bench(bundle_dir: Path) -> dict:
         "tokens": GEN_TOKENS,
         "repeats": REPEATS,
         "rows": rows,
-        "decode_steps": decode_step_bench(engine),
+        "decode_steps": decode_step_bench(runner),
         "bursts": bursts,
     }
 
 
-def decode_step_bench(engine, steps: int = 200) -> list[dict]:
+def decode_step_bench(runner, steps: int = 200) -> list[dict]:
     """The decode graph alone, on the service's cache storage: time per step by batch size and
     capacity, and what fetching the attention weights adds. What bounds tokens/s at many streams."""
     from service.core.kvcache import KVCache
 
-    arch = engine.bundle.arch
+    arch = runner.bundle.arch
     rows = []
     for batch in GEN_STREAMS:
         for capacity in (64, arch.context_length):
             for attention in (False, True) if batch == max(GEN_STREAMS) else (False,):
                 cache: KVCache[int] = KVCache(
-                    arch.n_layer, arch.n_head, arch.d_head, batch, arch.context_length, engine
+                    arch.n_layer, arch.n_head, arch.d_head, batch, arch.context_length, runner
                 )
                 prompt = np.zeros((arch.n_layer, arch.n_head, capacity - 1, arch.d_head), dtype=np.float32)
                 for b in range(batch):
@@ -149,10 +149,10 @@ def decode_step_bench(engine, steps: int = 200) -> list[dict]:
                 tokens = np.zeros(batch, dtype=np.int64)
                 positions = np.full(batch, capacity - 1, dtype=np.int64)
                 for _ in range(10):
-                    engine.decode(tokens, positions, cache.bound(), attention=attention)
+                    runner.decode(tokens, positions, cache.bound(), attention=attention)
                 started = time.perf_counter()
                 for _ in range(steps):
-                    engine.decode(tokens, positions, cache.bound(), attention=attention)
+                    runner.decode(tokens, positions, cache.bound(), attention=attention)
                 us = (time.perf_counter() - started) / steps * 1e6
                 rows.append({"batch": batch, "capacity": cache.capacity, "attention": attention, "step_us": us})
                 log.info("decode step: batch %d, capacity %d, attention %s: %.0f us", batch, capacity, attention, us)
@@ -217,7 +217,7 @@ def generation_report(results: dict) -> list[str]:
     if steps:
         out += [
             "",
-            "The decode graph alone (`engine.decode` on the service's cache storage, every row at its last "
+            "The decode graph alone (`runner.decode` on the service's cache storage, every row at its last "
             "position, 200 steps after a warm-up): what a step costs by batch and cache capacity. A step reads "
             "every row's keys and values up to the capacity; the graph-only ceiling on tokens/s is "
             "batch / step time.",

@@ -21,31 +21,31 @@ INT8_LENGTH = 64
 
 
 def int8_bench(bundle_dir: Path, work: Path, corpus: str | None) -> dict:
-    """The int8 variant (export/quantize.py) against the float32 bundle: next-token engine speed at
+    """The int8 variant (export/quantize.py) against the float32 bundle: next-token runner speed at
     several batch sizes, how far its log-probabilities move, and validation nats/char of both through
     the score graph (windows of the full context, overlapping by one token)."""
     from export.quantize import quantize_bundle
     from model.data import fetch_corpus, split_text
     from service.core.bundle import load_bundle
-    from service.core.engine import Engine
+    from service.core.runner import ModelRunner
     from service.server.settings import Settings
 
     quantize_bundle(bundle_dir, work / "int8")
     bundles = {"float32": load_bundle(bundle_dir), "int8": load_bundle(work / "int8")}
-    engines = {k: Engine(b, device="cpu", max_padding=Settings().batch_max_padding) for k, b in bundles.items()}
+    runners = {k: ModelRunner(b, device="cpu", max_padding=Settings().batch_max_padding) for k, b in bundles.items()}
     rng = np.random.default_rng(0)
     vocab = bundles["float32"].vocab_size
     speed = []
     for batch in INT8_BATCHES:
         rows = list(rng.integers(0, vocab, (batch, INT8_LENGTH)))
-        ms = {k: median_seconds(lambda e=e, r=rows: e.run("next_token", r)) * 1000 for k, e in engines.items()}
+        ms = {k: median_seconds(lambda e=e, r=rows: e.run("next_token", r)) * 1000 for k, e in runners.items()}
         speed.append({"batch": batch, **{f"{k}_ms": v for k, v in ms.items()}, "speedup": ms["float32"] / ms["int8"]})
         log.info("int8 next-token batch %d: %.2f ms vs %.2f ms float32", batch, ms["int8"], ms["float32"])
     rows = list(rng.integers(0, vocab, (32, INT8_LENGTH)))
     diff = max(
         float(np.abs(np.exp(a) - np.exp(b)).max())
         for a, b in zip(
-            engines["int8"].run("next_token", rows), engines["float32"].run("next_token", rows), strict=True
+            runners["int8"].run("next_token", rows), runners["float32"].run("next_token", rows), strict=True
         )
     )
     result: dict = {"length": INT8_LENGTH, "speed": speed, "max_prob_diff": diff}
@@ -55,7 +55,7 @@ def int8_bench(bundle_dir: Path, work: Path, corpus: str | None) -> dict:
         context = bundles["float32"].context_length
         windows = [ids[s : s + context] for s in range(0, len(ids) - 1, context - 1)]
         nats = {}
-        for k, e in engines.items():
+        for k, e in runners.items():
             total = 0.0
             for i in range(0, len(windows), 32):
                 total -= sum(float(out[0].sum()) for out in e.run("score", windows[i : i + 32]))
@@ -74,7 +74,7 @@ def int8_report(results: dict) -> list[str]:
         "",
         "`make int8` writes `bundles/int8`: the next-token and score graphs with int8 MatMul weights (ONNX Runtime's "
         "dynamic quantization, per output channel); attention, prefill and decode stay float32, so the attention "
-        "weights stay exact. Engine alone, in-process, median of repeated calls on random ids of "
+        "weights stay exact. The model runner alone, in-process, median of repeated calls on random ids of "
         f"{q['length']} tokens (`python -m benchmarks --only int8`).",
         "",
         "| batch | float32 ms | int8 ms | speed-up |",

@@ -3,7 +3,7 @@
     python -m loadtest.session_options [--bundle bundles/attnserve-shakespeare/1]
 
 Prints the median latency (ms) of the next-token graph for each graph optimisation level and
-intra-op thread count; service/core/engine.py's choices come from this measurement.
+intra-op thread count; service/core/runner.py's choices come from this measurement.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.bundle import load_bundle
-from service.core.engine import session_options
+from service.core.runner import session_options
 
 LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -47,7 +47,7 @@ def main() -> None:
     arch = manifest["architecture"]
     context, vocab = arch["context_length"], arch["vocab_size"]
     tokenizer = Tokenizer.from_file(str(args.bundle / "tokenizer.json"))
-    # The service's session options (service/core/engine.py): all cores to intra-op work, sequential.
+    # The service's session options (service/core/runner.py): all cores to intra-op work, sequential.
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _gpu_usable() -> bool:
     import onnxruntime as ort
 
-    from service.core.engine import CUDA, gpu_present
+    from service.core.runner import CUDA, gpu_present
 
     return CUDA in ort.get_available_providers() and gpu_present()
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.core.engine import Engine, Job
 from service.core.errors import DrainingError, InferenceTimeoutError, InputError, QueueFullError
 from service.core.kvcache import KVCache
+from service.core.runner import Job, ModelRunner
 from service.core.sampling import Sampler, SamplingParams, top_indices
 from service.core.text import TextTracker
 
@@ -125,7 +125,7 @@ class GenerationObserver:
 class Scheduler:
     def __init__(
         self,
-        engine: Engine,
+        runner: ModelRunner,
         executor: Executor,
         tokenizer: Tokenizer,
         max_active: int,
@@ -136,7 +136,7 @@ class Scheduler:
         burst_s: float = 0.005,
         prefill_tokens_per_step: int = 512,
     ) -> None:
-        self.engine = engine
+        self.runner = runner
         self.executor = executor
         self.tokenizer = tokenizer
         self.max_active = max_active
@@ -151,9 +151,9 @@ class Scheduler:
         # New prompts start a few at a time, so that running sequences never wait for a whole
         # queue's prefill between two tokens (a per-step token budget, as vLLM's max_num_batched_tokens).
         self.prefill_tokens_per_step = prefill_tokens_per_step
-        arch = engine.bundle.arch
+        arch = runner.bundle.arch
         self.cache: KVCache[GenerationStream] = KVCache(
-            arch.n_layer, arch.n_head, arch.d_head, max_active, arch.context_length, engine
+            arch.n_layer, arch.n_head, arch.d_head, max_active, arch.context_length, runner
         )
         self._all_heads = np.ones((max_active, arch.n_layer, arch.n_head), dtype=np.float32)
         self.waiting: deque[GenerationStream] = deque()
@@ -320,7 +320,7 @@ class Scheduler:
     def _prefill(self, streams: list[GenerationStream]) -> list[tuple[GenerationStream, Step]]:
         steps = []
         jobs = [Job(s.prompt, s.params.head_mask) for s in streams]
-        for s, out in zip(streams, self.engine.prefill(jobs), strict=True):
+        for s, out in zip(streams, self.runner.prefill(jobs), strict=True):
             self.cache.add(s, out.keys, out.values)
             s.length = len(s.prompt)
             s.pending_attention = out.attention
@@ -340,7 +340,7 @@ class Scheduler:
                 if s.params.head_mask is not None:
                     head_mask[b] = s.params.head_mask
         wants_attention = any(s.params.attention is not None for s in streams)
-        out = self.engine.decode(tokens, positions, self.cache.bound(B), head_mask, attention=wants_attention)
+        out = self.runner.decode(tokens, positions, self.cache.bound(B), head_mask, attention=wants_attention)
         steps = []
         for b, s in enumerate(streams):
             if out.attention is not None and s.params.attention is not None:

@@ -21,10 +21,10 @@ from bundlespec import ONE_SHOT
 from service.core.batcher import DynamicBatcher
 from service.core.bundle import Bundle
 from service.core.config import CoreConfig, ModelObservers
-from service.core.engine import Engine, Job
 from service.core.errors import QueueFullError
 from service.core.generation import GenerationParams, GenerationStream, Scheduler
 from service.core.kvcache import KVCache
+from service.core.runner import Job, ModelRunner
 from service.core.threads import off_loop, yield_to_event_loop
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ LENS_VALUES_PER_RUN = 16_000_000
 
 
 class ModelInstance:
-    """One model version: its engine (ONNX Runtime sessions), a batcher per one-shot graph and the
+    """One model version: its runner (ONNX Runtime sessions), a batcher per one-shot graph and the
     generation scheduler, all sharing one inference thread."""
 
     def __init__(
@@ -45,7 +45,7 @@ class ModelInstance:
         self.config = config
         self.observers = observers = observers or ModelObservers()
         self._name = name or bundle.name  # the repository's name for it (its directory), else the manifest's
-        self.engine = Engine(bundle, config.device, config.intra_op_threads, max_padding=config.batch_max_padding)
+        self.runner = ModelRunner(bundle, config.device, config.intra_op_threads, max_padding=config.batch_max_padding)
         # Each token decoded on its own, once, so responses can name tokens without calling the tokenizer.
         self.token_text = bundle.tokenizer.decode_batch([[i] for i in range(bundle.vocab_size)])
         # One worker: a single inference at a time gets every core (ONNX Runtime's intra-op threads).
@@ -66,7 +66,7 @@ class ModelInstance:
         }
         self.batchers = {
             graph: DynamicBatcher(
-                run_batch=functools.partial(self.engine.run, graph),
+                run_batch=functools.partial(self.runner.run, graph),
                 executor=self._executor,
                 max_batch_size=config.max_batch_size,
                 max_delay_s=config.max_batch_delay_ms / 1000,
@@ -80,7 +80,7 @@ class ModelInstance:
             for graph in ONE_SHOT
         }
         self.scheduler = Scheduler(
-            self.engine,
+            self.runner,
             self._executor,
             bundle.tokenizer,
             max_active=config.max_active_sequences,
@@ -98,21 +98,21 @@ class ModelInstance:
 
     @property
     def provider(self) -> str:
-        return self.engine.provider
+        return self.runner.provider
 
     def warm_up(self) -> None:
         """Run every graph once at full context so the first request pays no allocation cost."""
         longest = np.arange(self.bundle.context_length, dtype=np.int64) % self.bundle.vocab_size
         for graph in ONE_SHOT:
-            self.engine.run(graph, [Job(longest), Job(longest[:3])])
-        self.engine.prefill([Job(longest[:-1]), Job(longest[:3])])
+            self.runner.run(graph, [Job(longest), Job(longest[:3])])
+        self.runner.prefill([Job(longest[:-1]), Job(longest[:3])])
         arch = self.bundle.arch
         n = len(longest)
-        cache: KVCache[int] = KVCache(arch.n_layer, arch.n_head, arch.d_head, 2, n, self.engine)
+        cache: KVCache[int] = KVCache(arch.n_layer, arch.n_head, arch.d_head, 2, n, self.runner)
         prompt = np.zeros((arch.n_layer, arch.n_head, n - 1, arch.d_head), dtype=np.float32)
         for row in range(2):
             cache.add(row, prompt, prompt)
-        self.engine.decode(longest[:2], np.array([n - 1] * 2), cache.bound(), attention=True)
+        self.runner.decode(longest[:2], np.array([n - 1] * 2), cache.bound(), attention=True)
 
     def start(self) -> None:
         # ONNX Runtime's own pool threads exist by now (the sessions made them): all but this one.

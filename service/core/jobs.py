@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from bundlespec.graphs import LENS_TOP
-from service.core.engine import Job
 from service.core.errors import InputError
 from service.core.generation import GenerationParams, GenerationStream
 from service.core.inputs import Row, layer_head_indices
 from service.core.instance import ModelInstance
+from service.core.runner import Job
 from service.core.sampling import log_softmax, top_indices
 
 

@@ -51,7 +51,7 @@ class Bound:
 
 
 class DeviceCopies(Protocol):
-    """Copies on the device (the engine runs them with the bundle's helper graphs)."""
+    """Copies on the device (the runner runs them with the bundle's helper graphs)."""
 
     @property
     def device(self) -> str: ...

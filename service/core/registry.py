@@ -152,7 +152,7 @@ def _give_memory_back() -> None:
 
 
 class ModelRegistry:
-    """name -> the serving version (engine, batchers, scheduler), plus versions being retired."""
+    """name -> the serving version (runner, batchers, scheduler), plus versions being retired."""
 
     def __init__(
         self,

@@ -12,8 +12,8 @@ from starlette.datastructures import State
 
 from service.api.problems import summary
 from service.core.bundle import load_bundle
-from service.core.engine import choose_providers
 from service.core.errors import BundleError, DeviceError
+from service.core.runner import choose_providers
 from service.server.app import create_app
 from service.server.connection import guarded_protocol
 from service.server.logs import setup_logging

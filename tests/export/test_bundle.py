@@ -176,7 +176,7 @@ def test_verification_catches_a_decode_graph_that_ignores_the_cache(toy, tmp_pat
 
 def test_the_int8_variant_quantizes_next_token_and_score_and_keeps_attention_exact(toy_bundle, tmp_path):
     from export.quantize import quantize_bundle
-    from service.core.engine import Engine
+    from service.core.runner import ModelRunner
 
     quantize_bundle(toy_bundle, tmp_path / "int8")
     bundle = load_bundle(tmp_path / "int8")  # every hash checks out
@@ -185,7 +185,10 @@ def test_the_int8_variant_quantizes_next_token_and_score_and_keeps_attention_exa
                          "prefill": "float32", "decode": "float32", "copy": "float32",
                          "resize_cache": "float32"}  # fmt: skip
     assert bundle.name == "toy-int8"
-    int8, fp32 = Engine(bundle, "cpu", max_padding=0.1), Engine(load_bundle(toy_bundle), "cpu", max_padding=0.1)
+    int8, fp32 = (
+        ModelRunner(bundle, "cpu", max_padding=0.1),
+        ModelRunner(load_bundle(toy_bundle), "cpu", max_padding=0.1),
+    )
     graph = onnx.load(str(tmp_path / "int8" / "next_token.onnx"), load_external_data=False)
     assert any(i.data_type == onnx.TensorProto.INT8 for i in graph.graph.initializer)
     rows = [np.array(bundle.tokenizer.encode(t).ids, dtype=np.int64) for t in ("I do not like", "we do like like.")]

@@ -1,4 +1,4 @@
-"""The generation core: sampling, text assembly, and the continuous-batching scheduler on the real engine."""
+"""The generation core: sampling, text assembly, and the continuous-batching scheduler on the real runner."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from service.core.bundle import load_bundle
-from service.core.engine import Engine, Job
 from service.core.errors import InputError, QueueFullError
 from service.core.generation import GenerationObserver, GenerationParams, Scheduler
 from service.core.kvcache import KVCache
+from service.core.runner import Job, ModelRunner
 from service.core.sampling import Sampler, SamplingParams, log_softmax
 from service.core.text import TextTracker
 
@@ -20,8 +20,8 @@ GREEDY = SamplingParams(temperature=0)
 
 
 @pytest.fixture(scope="module")
-def engine(toy_bundle):
-    return Engine(load_bundle(toy_bundle), "cpu", max_padding=0.1)
+def runner(toy_bundle):
+    return ModelRunner(load_bundle(toy_bundle), "cpu", max_padding=0.1)
 
 
 class Recorder(GenerationObserver):
@@ -38,14 +38,14 @@ class Recorder(GenerationObserver):
         self.steps.append((prefilled, decode_widths))
 
 
-def scheduler(engine, **kw) -> Scheduler:
+def scheduler(runner, **kw) -> Scheduler:
     args = {"max_active": 32, "kv_cache_tokens": 32 * 24, "max_waiting": 64, "step_timeout_s": 30}
     args.update(kw)
-    return Scheduler(engine, ThreadPoolExecutor(1), engine.bundle.tokenizer, **args)
+    return Scheduler(runner, ThreadPoolExecutor(1), runner.bundle.tokenizer, **args)
 
 
-def prompt(engine, text: str) -> np.ndarray:
-    return np.asarray(engine.bundle.tokenizer.encode(text).ids, dtype=np.int64)
+def prompt(runner, text: str) -> np.ndarray:
+    return np.asarray(runner.bundle.tokenizer.encode(text).ids, dtype=np.int64)
 
 
 async def collect(stream) -> list:
@@ -100,11 +100,11 @@ def test_text_tracker_holds_back_stop_strings_and_split_characters(toy_bundle):
 # -- the scheduler ---------------------------------------------------------------------------------
 
 
-def test_greedy_generation_matches_recomputing_with_the_one_shot_graph(engine):
+def test_greedy_generation_matches_recomputing_with_the_one_shot_graph(runner):
     async def main():
-        s = scheduler(engine)
+        s = scheduler(runner)
         s.start()
-        ids = prompt(engine, "I do not")
+        ids = prompt(runner, "I do not")
         (stream,) = s.submit([(ids, GenerationParams(max_tokens=10, sampling=GREEDY))])
         steps = await collect(stream)
         await s.stop(1)
@@ -114,22 +114,22 @@ def test_greedy_generation_matches_recomputing_with_the_one_shot_graph(engine):
     assert len(steps) == 10 and steps[-1].finish_reason == "length"
     seq = list(ids)
     for step in steps:  # the next_token graph over the whole sequence, no cache
-        (want,) = engine.run("next_token", [np.asarray(seq)])
+        (want,) = runner.run("next_token", [np.asarray(seq)])
         assert step.token_id == int(np.argmax(want))
         assert abs(step.logprob - float(want[step.token_id])) < 1e-4
         seq.append(step.token_id)
 
 
-def test_sequences_join_between_steps_and_leave_when_done(engine):
+def test_sequences_join_between_steps_and_leave_when_done(runner):
     rec = Recorder()
 
     async def main():
         # One decode step per hand-off: the toy model is fast enough to finish a whole burst first.
-        s = scheduler(engine, observer=rec, burst_s=0)
+        s = scheduler(runner, observer=rec, burst_s=0)
         s.start()
-        (long,) = s.submit([(prompt(engine, "we do"), GenerationParams(max_tokens=12, sampling=GREEDY))])
+        (long,) = s.submit([(prompt(runner, "we do"), GenerationParams(max_tokens=12, sampling=GREEDY))])
         first = await long.__anext__()
-        (short,) = s.submit([(prompt(engine, "you"), GenerationParams(max_tokens=3, sampling=GREEDY))])
+        (short,) = s.submit([(prompt(runner, "you"), GenerationParams(max_tokens=3, sampling=GREEDY))])
         rest, short_steps = await asyncio.gather(collect(long), collect(short))
         await s.stop(1)
         return [first, *rest], short_steps, s
@@ -140,13 +140,13 @@ def test_sequences_join_between_steps_and_leave_when_done(engine):
     assert rec.active[-1] == 0 and s.reserved_tokens == 0
 
 
-def test_a_cancelled_sequence_leaves_at_once_and_frees_its_cache(engine):
+def test_a_cancelled_sequence_leaves_at_once_and_frees_its_cache(runner):
     rec = Recorder()
 
     async def main():
-        s = scheduler(engine, observer=rec)
+        s = scheduler(runner, observer=rec)
         s.start()
-        a, b = s.submit([(prompt(engine, "I do"), GenerationParams(max_tokens=20, sampling=GREEDY))] * 2)
+        a, b = s.submit([(prompt(runner, "I do"), GenerationParams(max_tokens=20, sampling=GREEDY))] * 2)
         await a.__anext__()
         await b.__anext__()
         a.cancel()
@@ -160,15 +160,15 @@ def test_a_cancelled_sequence_leaves_at_once_and_frees_its_cache(engine):
     assert s.reserved_tokens == 0 and not s.active
 
 
-def test_the_kv_budget_makes_sequences_wait_and_the_queue_is_bounded(engine):
+def test_the_kv_budget_makes_sequences_wait_and_the_queue_is_bounded(runner):
     rec = Recorder()
 
     async def main():
         # Room for one 3 + 10 token sequence at a time.
-        s = scheduler(engine, kv_cache_tokens=20, max_waiting=2, observer=rec)
+        s = scheduler(runner, kv_cache_tokens=20, max_waiting=2, observer=rec)
         s.start()
         params = GenerationParams(max_tokens=10, sampling=GREEDY)
-        ids = prompt(engine, "I do not")
+        ids = prompt(runner, "I do not")
         streams = s.submit([(ids, params), (ids, params)])
         with pytest.raises(QueueFullError):
             s.submit([(ids, params)])
@@ -186,17 +186,17 @@ def test_the_kv_budget_makes_sequences_wait_and_the_queue_is_bounded(engine):
     assert max(rec.active) == 1 and max(rec.decoded) == 1, "the budget allows one sequence at a time"
 
 
-def test_a_seed_gives_the_same_text_whatever_the_batch_mates(engine):
+def test_a_seed_gives_the_same_text_whatever_the_batch_mates(runner):
     sampled = GenerationParams(max_tokens=15, sampling=SamplingParams(temperature=1.5), seed=42)
 
     async def main():
-        s = scheduler(engine)
+        s = scheduler(runner)
         s.start()
-        ids = prompt(engine, "we")
+        ids = prompt(runner, "we")
         (alone,) = s.submit([(ids, sampled)])
         alone_steps = await collect(alone)
         others = [
-            (prompt(engine, t), GenerationParams(max_tokens=15, sampling=SamplingParams(1.0)))
+            (prompt(runner, t), GenerationParams(max_tokens=15, sampling=SamplingParams(1.0)))
             for t in ("I do not like", "you", "they do like like.\nwe do")
         ]
         crowd = s.submit([*others[:2], (ids, sampled), others[2]])
@@ -208,11 +208,11 @@ def test_a_seed_gives_the_same_text_whatever_the_batch_mates(engine):
     assert [x.token_id for x in alone] == [x.token_id for x in among]
 
 
-def test_attention_per_step_covers_the_context_before_each_token(engine):
+def test_attention_per_step_covers_the_context_before_each_token(runner):
     async def main():
-        s = scheduler(engine)
+        s = scheduler(runner)
         s.start()
-        ids = prompt(engine, "I do not")
+        ids = prompt(runner, "I do not")
         params = GenerationParams(max_tokens=4, sampling=GREEDY, attention=([1], [0, 2]))
         (stream,) = s.submit([(ids, params)])
         steps = await collect(stream)
@@ -225,26 +225,26 @@ def test_attention_per_step_covers_the_context_before_each_token(engine):
         assert step.attention is not None and step.attention.shape == (1, 2, len(seq))
         np.testing.assert_allclose(step.attention.sum(-1), 1.0, atol=1e-5)
         # The same weights as the attention graph's last query row over the same tokens.
-        (full,) = engine.run("attention", [np.asarray(seq)])
+        (full,) = runner.run("attention", [np.asarray(seq)])
         np.testing.assert_allclose(step.attention, full[[1]][:, [0, 2], -1, :], atol=1e-5)
         seq.append(step.token_id)
 
 
-def test_staggered_sequences_match_recomputation_while_the_cache_moves_rows_and_capacity(engine):
+def test_staggered_sequences_match_recomputation_while_the_cache_moves_rows_and_capacity(runner):
     """Sequences join at different steps, one leaves early (its row goes to the last one) and the
     storage's capacity grows past its first size: each still gets what recomputation gives."""
-    context = engine.bundle.context_length
+    context = runner.bundle.context_length
     texts = ["I", "we do", "you do not like", "they"]
 
     async def main():
-        s = scheduler(engine, burst_s=0)
+        s = scheduler(runner, burst_s=0)
         s.start()
         start_capacity = s.cache.capacity
         buffers = s.cache.addresses
-        first = s.submit([(prompt(engine, texts[0]), GenerationParams(max_tokens=context - 2, sampling=GREEDY))])
+        first = s.submit([(prompt(runner, texts[0]), GenerationParams(max_tokens=context - 2, sampling=GREEDY))])
         head = [await first[0].__anext__() for _ in range(3)]
         later = s.submit(
-            [(prompt(engine, t), GenerationParams(max_tokens=context // 2, sampling=GREEDY)) for t in texts[1:]]
+            [(prompt(runner, t), GenerationParams(max_tokens=context // 2, sampling=GREEDY)) for t in texts[1:]]
         )
         await later[0].__anext__()
         later[0].cancel()  # leaves at once: a row in the middle frees up
@@ -258,31 +258,31 @@ def test_staggered_sequences_match_recomputation_while_the_cache_moves_rows_and_
     assert grown > start_capacity, "the longest sequence should have outgrown the first capacity"
     assert not s.cache.owners
     for text, steps in zip([texts[0], *texts[2:]], outputs, strict=True):
-        seq = list(prompt(engine, text))
+        seq = list(prompt(runner, text))
         for step in steps:
-            (want,) = engine.run("next_token", [np.asarray(seq)])
+            (want,) = runner.run("next_token", [np.asarray(seq)])
             assert step.token_id == int(np.argmax(want))
             assert abs(step.logprob - float(want[step.token_id])) < 1e-4
             seq.append(step.token_id)
 
 
-def test_a_decode_step_writes_the_cache_in_place(engine):
-    """The engine's decode step reads and writes the storage it is bound to: no copy in or out."""
-    arch = engine.bundle.arch
-    cache = KVCache(arch.n_layer, arch.n_head, arch.d_head, rows=2, context=engine.bundle.context_length, ops=engine)
-    ids = prompt(engine, "we do")
-    (pre,) = engine.prefill([Job(ids)])
+def test_a_decode_step_writes_the_cache_in_place(runner):
+    """The runner's decode step reads and writes the storage it is bound to: no copy in or out."""
+    arch = runner.bundle.arch
+    cache = KVCache(arch.n_layer, arch.n_head, arch.d_head, rows=2, context=runner.bundle.context_length, ops=runner)
+    ids = prompt(runner, "we do")
+    (pre,) = runner.prefill([Job(ids)])
     cache.add("a", pre.keys, pre.values)
     before = [v.copy() for v in cache.read()]
-    engine.decode(np.array([3]), np.array([len(ids)]), cache.bound())
+    runner.decode(np.array([3]), np.array([len(ids)]), cache.bound())
     for v, b in zip(cache.read(), before, strict=True):
         assert np.array_equal(v[:, :, : len(ids)], b[:, :, : len(ids)]), "the prompt's positions are left alone"
         assert np.any(v[:, :, len(ids)] != b[:, :, len(ids)]), "the new token's keys and values land in the storage"
 
 
-def test_the_cache_keeps_each_rows_positions_through_removals_and_relayouts(engine):
-    # The engine's helper graphs do the copies; they do not depend on the model's shape.
-    cache = KVCache(n_layer=2, n_head=2, d_head=3, rows=3, context=64, ops=engine)
+def test_the_cache_keeps_each_rows_positions_through_removals_and_relayouts(runner):
+    # The runner's helper graphs do the copies; they do not depend on the model's shape.
+    cache = KVCache(n_layer=2, n_head=2, d_head=3, rows=3, context=64, ops=runner)
     rng = np.random.default_rng(0)
     data = {o: rng.standard_normal((2, 2, 2, n, 3)).astype(np.float32) for o, n in (("a", 5), ("b", 20), ("c", 9))}
     for owner, kv in data.items():
@@ -310,14 +310,14 @@ def test_the_cache_keeps_each_rows_positions_through_removals_and_relayouts(engi
     np.testing.assert_array_equal(held("c"), data["c"])
 
 
-def test_prompts_join_a_budget_at_a_time_and_running_sequences_keep_moving(engine):
+def test_prompts_join_a_budget_at_a_time_and_running_sequences_keep_moving(runner):
     rec = Recorder()
-    ids = prompt(engine, "we do")
+    ids = prompt(runner, "we do")
 
     async def main():
-        s = scheduler(engine, observer=rec, prefill_tokens_per_step=len(ids))  # one prompt per step
+        s = scheduler(runner, observer=rec, prefill_tokens_per_step=len(ids))  # one prompt per step
         s.start()
-        (running,) = s.submit([(prompt(engine, "I"), GenerationParams(max_tokens=20, sampling=GREEDY))])
+        (running,) = s.submit([(prompt(runner, "I"), GenerationParams(max_tokens=20, sampling=GREEDY))])
         await running.__anext__()
         joining = s.submit([(ids, GenerationParams(max_tokens=4, sampling=GREEDY))] * 3)
         await asyncio.gather(collect(running), *(collect(x) for x in joining))
@@ -330,7 +330,7 @@ def test_prompts_join_a_budget_at_a_time_and_running_sequences_keep_moving(engin
     assert all(widths and widths[0] >= 1 for _, widths in with_prompts[1:])
 
 
-def test_the_storage_never_goes_to_the_host(engine, monkeypatch):
+def test_the_storage_never_goes_to_the_host(runner, monkeypatch):
     """On a GPU, reading an OrtValue to the host is a copy. Joins, leaves and capacity changes run as
     device copies (the bundle's helper graphs), so across a generation with all three the storage is
     never read: the only reads are each decode step's log-probs. Reads are made copies here, as on a
@@ -345,15 +345,15 @@ def test_the_storage_never_goes_to_the_host(engine, monkeypatch):
         return real(self).copy()
 
     monkeypatch.setattr(ort.OrtValue, "numpy", copied)
-    context = engine.bundle.context_length
+    context = runner.bundle.context_length
     rec = Recorder()
 
     async def main():
-        s = scheduler(engine, burst_s=0, observer=rec)
+        s = scheduler(runner, burst_s=0, observer=rec)
         s.start()
         reads.clear()
         params = [GenerationParams(max_tokens=n, sampling=GREEDY) for n in (context - 4, 3, context // 2)]
-        streams = s.submit([(prompt(engine, t), p) for t, p in zip(["I", "we do", "you"], params, strict=True)])
+        streams = s.submit([(prompt(runner, t), p) for t, p in zip(["I", "we do", "you"], params, strict=True)])
         results = await asyncio.gather(*(collect(x) for x in streams))
         grown = s.cache.capacity
         await s.stop(1)
@@ -363,8 +363,8 @@ def test_the_storage_never_goes_to_the_host(engine, monkeypatch):
     assert grown > 16, "the capacity should have changed during the generation"
     assert len(reads) == len(rec.decoded), "one read per decode step (its log-probs), none of the storage"
     for text, steps in zip(["I", "we do", "you"], outputs, strict=True):
-        seq = list(prompt(engine, text))
+        seq = list(prompt(runner, text))
         for step in steps:
-            (want,) = engine.run("next_token", [np.asarray(seq)])
+            (want,) = runner.run("next_token", [np.asarray(seq)])
             assert step.token_id == int(np.argmax(want)), text
             seq.append(step.token_id)

@@ -100,7 +100,7 @@ class Decoded:
     attention: list[np.ndarray] | None  # per layer (B, nh, capacity), when asked for
 
 
-class Engine:
+class ModelRunner:
     """Runs the bundle's graphs: one-shot graphs on lists of token-id rows, and generation steps."""
 
     def __init__(self, bundle: Bundle, device: str, intra_op_threads: int = 0, *, max_padding: float) -> None:
@@ -202,7 +202,7 @@ class Engine:
 
     @property
     def device(self) -> str:
-        """Where this engine's tensors live, as ONNX Runtime's IO binding names it."""
+        """Where this runner's tensors live, as ONNX Runtime's IO binding names it."""
         return "cuda" if self.provider == CUDA else "cpu"
 
     def decode(
@@ -214,7 +214,7 @@ class Engine:
         attention: bool = False,
     ) -> Decoded:
         """One step: tokens, positions (B,); caches: the KV storage the step reads and writes in place
-        (each layer's keys, then values, (B, nh, capacity, hs) on this engine's device, see
+        (each layer's keys, then values, (B, nh, capacity, hs) on this runner's device, see
         service/core/kvcache.py); head_mask (B, L, nh), every head on when None. attention: also
         fetch each layer's weights.
 
@@ -238,7 +238,7 @@ class Engine:
 
     def copy(self, target: int, size: int, source: np.ndarray | int) -> None:
         """Write size float32s at the device address target, from a host array or from another
-        device address (the copy graph: a copy on this engine's device, with no host round trip)."""
+        device address (the copy graph: a copy on this runner's device, with no host round trip)."""
         session = self.sessions["copy"]
         binding = session.io_binding()
         if isinstance(source, np.ndarray):

@@ -1,4 +1,4 @@
-"""Length grouping inside a batch, and the engine's answers not depending on it."""
+"""Length grouping inside a batch, and the runner's answers not depending on it."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 
 from bundlespec.padding import group_by_length
 from service.core.bundle import load_bundle
-from service.core.engine import Engine
+from service.core.runner import ModelRunner
 
 
 def test_groups_cover_every_row_once_and_bound_the_padding():
@@ -31,8 +31,8 @@ def test_grouped_and_padded_runs_give_the_same_answers_in_the_same_order(toy_bun
     bundle = load_bundle(toy_bundle)
     rng = np.random.default_rng(1)
     rows = [rng.integers(0, bundle.vocab_size, n) for n in (20, 2, 9, 20, 3, 15)]
-    grouped = Engine(bundle, "cpu", max_padding=0.0).run(kind, rows)
-    padded = Engine(bundle, "cpu", max_padding=math.inf).run(kind, rows)
+    grouped = ModelRunner(bundle, "cpu", max_padding=0.0).run(kind, rows)
+    padded = ModelRunner(bundle, "cpu", max_padding=math.inf).run(kind, rows)
     for g, p, r in zip(grouped, padded, rows, strict=True):
         g, p = (g, p) if isinstance(g, tuple) else ((g,), (p,))
         assert kind != "score" or g[0].shape == (len(r) - 1,)
