@@ -22,7 +22,7 @@ from service.api.openai.protocol import (
     TokenizeResponse,
     TokenizerInfo,
 )
-from service.api.openai.serving import OpenAIServing, model_card
+from service.api.openai.serving import CompletionRun, model_card
 from service.api.plugin import Protocol
 from service.api.strict import ProtocolRoute
 from service.core.inputs import check_ids
@@ -65,13 +65,13 @@ STREAM: dict[int | str, dict[str, Any]] = {
 @router.post("/v1/completions", response_model=Completion, responses=STREAM)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     """Continue each prompt (OpenAI's completions API); `stream: true` answers with server-sent events."""
-    s = OpenAIServing(lease(request, body.model), note(request))
-    rows = await s.prompts(body)
+    run = CompletionRun(lease(request, body.model), note(request))
+    rows = await run.prompts(body)
     if body.stream:
         # Queued before the response starts, so that a full queue is still a 503 and not a broken stream.
-        choices, streams = s.start(body, rows, reservation(request.scope))
-        return StreamingResponse(s.stream(body, rows, choices, streams), media_type="text/event-stream")
-    completion = await s.complete(body, rows, reservation(request.scope))
+        choices, streams = run.start(body, rows, reservation(request.scope))
+        return StreamingResponse(run.stream(body, rows, choices, streams), media_type="text/event-stream")
+    completion = await run.complete(body, rows, reservation(request.scope))
     return Response(completion.model_dump_json(), media_type="application/json")
 
 

@@ -81,10 +81,10 @@ def model_card(served: Served) -> ModelCard:
     )
 
 
-class OpenAIServing:
-    """One request's generation: made per request from the version its lease holds. `log` takes the
-    request's access-line fields (rows, tokens, the first token's time); with tracing on, the
-    generation is a span under the request's, with a child span up to the first token."""
+class CompletionRun:
+    """One completion request being run, made per request from the version its lease holds. `log`
+    takes the request's access-line fields (rows, tokens, the first token's time); with tracing on,
+    the generation is a span under the request's, with a child span up to the first token."""
 
     def __init__(self, model: ModelInstance, log: dict[str, Any] | None = None) -> None:
         self.model = model
