@@ -1,10 +1,11 @@
 """A protocol as a plug-in: what create_app and the middleware need to know of it, and nothing else.
 
-Each protocol package (native, openai, kserve) exposes one Protocol. create_app includes its routers;
-the middleware asks the protocols which one owns a path (for the error shape of the answers it writes
-itself), whether a path runs the model (refused while draining) and whether it changes the server
-(needs an admin key). Two things are still known outside the packages: create_app builds KServe's
-app-wide state (app.state.v2), and the middleware's open paths include KServe's /v2/health/.
+Each protocol package (native, openai, kserve) exposes one Protocol, and service.api.protocols lists
+them: adding a protocol is a package plus one line there. create_app includes each protocol's routers
+and makes its app-wide state (app.state.<name>) with the protocol's own factory; the middleware asks
+the protocols which one owns a path (for the error shape of the answers it writes itself), whether a
+path runs the model (refused while draining), whether it changes the server (needs an admin key) and
+which paths are probes that never need a key. Neither names a protocol.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from service.core.errors import (
     ModelNotFoundError,
     QueueFullError,
 )
+from service.core.registry import ModelRegistry
 
 # (status, code, message, headers) -> an ASGI response in the protocol's error shape
 ErrorRenderer = Callable[[int, str, str, "dict[str, str] | None"], ASGIApp]
@@ -40,6 +42,9 @@ class Protocol:
     changes_server: Callable[[str], bool] = lambda path: False  # paths that need an admin key
     # (method, path) -> a handler that answers a JSON body without the framework (scope, body, app state)
     lean: Mapping[tuple[str, str], Callable[..., Awaitable[Any]]] = field(default_factory=dict)
+    public_paths: tuple[str, ...] = ()  # path prefixes that never need a key (the protocol's health probes)
+    # The protocol's app-wide state, made from the model registry at start (app.state.<name>)
+    state: Callable[[ModelRegistry], Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""attnserve's own error envelope, {"error": {"type", "message", "details"?}}: the native protocol's
-errors and the answers of the server's own routes (readiness) take this shape. OpenAI's and v2's
-errors have theirs, written by their packages."""
+"""attnserve's own error envelope, {"error": {"type", "message", "details"?}}, written here only: the
+native protocol's errors, the server's own routes (readiness) and the connection layer's canned
+answers (408, 431, 503) take this shape. OpenAI's and v2's errors have theirs, written by their packages."""
 
 from __future__ import annotations
 
@@ -18,10 +18,14 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def error_response(
-    status: int, kind: str, message: str, details: list | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
+def envelope(kind: str, message: str, details: list | None = None) -> dict:
     body: dict = {"type": kind, "message": message}
     if details is not None:
         body["details"] = details
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    return {"error": body}
+
+
+def error_response(
+    status: int, kind: str, message: str, details: list | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(envelope(kind, message, details), status_code=status, headers=headers)

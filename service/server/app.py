@@ -1,8 +1,9 @@
 """The FastAPI application: create_app() loops over the protocol plug-ins, and a lifespan owns the
 model registry (load at start, poll when asked, stop at the end).
 
-Each protocol renders its own errors (its route class); the handlers here answer for what no
-protocol's route saw (unknown paths, wrong methods) in the native shape.
+The server's own routes (liveness, readiness, metrics: service/server/ops.py) are on this floor, not
+in a protocol. Each protocol renders its own errors (its route class); the handlers here answer for
+what no protocol's route saw (unknown paths, wrong methods) with the first protocol's renderer.
 """
 
 from __future__ import annotations
@@ -24,16 +25,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.api.budget import ResponseBudget
-from service.api.kserve.routes import protocol as kserve
-from service.api.kserve.serving import V2Serving
-from service.api.native.errors import error_response as native_error
-from service.api.native.routes import protocol as native
-from service.api.openai.routes import protocol as openai
 from service.api.plugin import Protocol
+from service.api.problems import summary
+from service.api.protocols import PROTOCOLS
 from service.api.schema import fill_bounds, model_bounds
 from service.core.bundle import Bundle, load_bundle
 from service.core.errors import LoadError
 from service.core.registry import ModelRegistry
+from service.server import ops
 from service.server.metrics import Metrics
 from service.server.middleware import RequestContext
 from service.server.settings import Settings
@@ -42,8 +41,6 @@ from service.server.workers import METRICS_DIR_ENV, WorkerMetrics, worker_index
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-# The protocols this server speaks; the first answers for every path no other one owns.
-PROTOCOLS: tuple[Protocol, ...] = (native, openai, kserve)
 
 
 def make_registry(settings: Settings, metrics: Metrics, checked: Bundle | None = None) -> ModelRegistry:
@@ -136,10 +133,13 @@ def create_app(
     )
     app.state.settings = settings
     app.state.registry = registry
-    app.state.v2 = V2Serving(registry)
+    for protocol in protocols:
+        if protocol.state is not None:
+            setattr(app.state, protocol.name, protocol.state(registry))
     metrics.queue_capacity.set(settings.max_queue_rows)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.budget = ResponseBudget(settings.max_inflight_bytes, metrics.inflight_bytes.set)
+    app.include_router(ops.router)
     for protocol in protocols:
         for router in protocol.routers:
             app.include_router(router)
@@ -178,11 +178,18 @@ def create_app(
             max_age=600,
         )
 
-    # Errors outside the protocols' own route classes (unknown paths, wrong methods) in the native shape.
-    @app.exception_handler(RequestValidationError)
+    # Errors outside the protocols' own route classes (unknown paths, wrong methods), in the shape of
+    # the first protocol, which answers for every path that no other one owns.
+    render = protocols[0].render_error
+
     @app.exception_handler(StarletteHTTPException)
-    async def other_error(_: Request, exc: Exception) -> Response:
-        return native_error(exc)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(exc.headers) if exc.headers else None
+        return render(exc.status_code, "http_error", str(exc.detail), headers)  # type: ignore[return-value]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        return render(422, "invalid_request", summary(exc.errors()), None)  # type: ignore[return-value]
 
     return app
 

@@ -17,6 +17,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.api.responses import envelope
+
 log = logging.getLogger(__name__)
 SCOPE_KEY = "attnserve.connection"
 # How long a connection with no request in progress when the drain starts is kept for one (a request
@@ -28,7 +30,7 @@ DRAIN_IDLE_S = 1.0
 def _canned(status: int, reason: str, message: str, request_id: bytes = b"") -> bytes:
     """A whole answer written by the connection layer itself, before any app sees the request. It
     carries an X-Request-ID like every other answer: the client's own when its headers got that far."""
-    body = json.dumps({"error": {"type": reason.lower().replace(" ", "_"), "message": message}}).encode()
+    body = json.dumps(envelope(reason.lower().replace(" ", "_"), message)).encode()
     rid = request_id or uuid.uuid4().hex.encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"

@@ -63,7 +63,7 @@ class RequestContext:
         # what the server serves need an admin key: a user key gets 403, and with API_KEYS alone, every key.
         self.keys = [k.encode() for k in settings.api_key_list()]
         self.all_keys = self.keys + self.admin_keys
-        self.open_paths = public_paths(settings)
+        self.open_paths = public_paths(settings) + tuple(path for p in protocols for path in p.public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -255,8 +255,9 @@ FORBIDDEN = "changing the models needs an admin key (ADMIN_API_KEYS)"
 
 
 def public_paths(settings: Any) -> tuple[str, ...]:
-    """Paths that never need a key (probes), and those that the settings open."""
-    paths = ["/healthz", "/health", "/readyz", "/v2/health/"]
+    """The server's paths that never need a key (probes), and those that the settings open; the
+    protocols add their own probes (Protocol.public_paths)."""
+    paths = ["/healthz", "/health", "/readyz"]
     if not settings.metrics_need_key:
         paths.append("/metrics")
     if not settings.docs_need_key:

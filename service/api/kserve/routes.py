@@ -60,7 +60,7 @@ class V2Route(ProtocolRoute):
 
 
 async def get_v2(request: Request) -> V2Serving:
-    return request.app.state.v2
+    return request.app.state.kserve
 
 
 V2 = Annotated[V2Serving, Depends(get_v2)]
@@ -140,7 +140,7 @@ def check_control(request: Request, action: str) -> None:
 
 async def get_model(request: Request, name: ModelName) -> Target:
     """The model the path names, at the version it names when it names one (else 404)."""
-    return request.app.state.v2.target(request, name, request.path_params.get("version"))
+    return request.app.state.kserve.target(request, name, request.path_params.get("version"))
 
 
 async def _version(version: Annotated[str, Path(examples=["1"])]) -> None:
@@ -152,12 +152,12 @@ Model = Annotated[Target, Depends(get_model)]
 
 async def model_metadata(m: Model, request: Request) -> dict[str, Any]:
     """A model's inputs and outputs with their datatypes and shapes (-1: variable)."""
-    return request.app.state.v2.model_metadata(m)
+    return request.app.state.kserve.model_metadata(m)
 
 
 async def model_config(m: Model, request: Request) -> dict[str, Any]:
     """Triton's model configuration: inputs (all optional; give text or input_ids), outputs, batching."""
-    return request.app.state.v2.model_config(m)
+    return request.app.state.kserve.model_config(m)
 
 
 async def model_ready(m: Model, request: Request) -> Response:
@@ -193,7 +193,7 @@ INFER_BODY = {
 
 async def infer(m: Model, request: Request) -> Response:
     """Run a model on JSON or binary tensors (the binary tensor data extension)."""
-    s: V2Serving = request.app.state.v2
+    s: V2Serving = request.app.state.kserve
     limit = request.app.state.settings.max_body_bytes
     body = decompress(await request.body(), request.headers.get("content-encoding"), limit)
     parsed = parse_request(body, request.headers.get(HEADER_LENGTH), MAX_INPUT_RANK)
@@ -237,4 +237,6 @@ protocol = Protocol(
     owns=lambda path: path.startswith("/v2/"),
     takes_work=lambda path: path.startswith("/v2/models/") and path.endswith("/infer"),
     changes_server=lambda path: path.startswith("/v2/repository/models/"),
+    public_paths=("/v2/health/",),
+    state=V2Serving,
 )

@@ -5,12 +5,13 @@ more than the rest of a next-token request does (BENCHMARKS.md, "The HTTP-bound 
 one middleware hands a plain JSON POST to /v1/next-token straight to `next_token` here, which reads,
 validates and answers it exactly as the FastAPI route does: the same strict JSON, the same request
 model, the same errors in the same shape. Any other request (another content type, an empty body)
-goes through FastAPI as before, and the route stays there for the OpenAPI document.
+goes through FastAPI, whose route validates it and then takes the same path (answer_next_token).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -39,11 +40,16 @@ async def next_token(scope: dict[str, Any], body: bytes, state: Any) -> Response
     except ValidationError as e:
         return error_response(RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]))
     try:
-        model = lease_in(scope, state.registry, req.model)
-        scope[LOG_KEY]["rows"] = req.count
-        return Response(await serving.next_token(model, req, reservation(scope)), media_type="application/json")
+        return await answer_next_token(scope, state, req)
     except Exception as e:  # noqa: BLE001 (every error is answered in the native shape, as the route's class does)
         return error_response(e)
+
+
+async def answer_next_token(scope: MutableMapping[str, Any], state: Any, req: NextTokenRequest) -> Response:
+    """The one next-token path, after validation: the lean handler and the FastAPI route both end here."""
+    model = lease_in(scope, state.registry, req.model)
+    scope.setdefault(LOG_KEY, {})["rows"] = req.count
+    return Response(await serving.next_token(model, req, reservation(scope)), media_type="application/json")
 
 
 LEAN = {("POST", "/v1/next-token"): next_token}

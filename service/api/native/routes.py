@@ -6,12 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from service.api import ops
 from service.api.budget import reservation
 from service.api.deps import lease, note
-from service.api.native import serving
+from service.api.native import lean, serving
 from service.api.native.errors import error_response, render_error
-from service.api.native.lean import LEAN
 from service.api.native.protocol import (
     AttentionRequest,
     AttentionResponse,
@@ -51,9 +49,7 @@ router = APIRouter(prefix="/v1", tags=["model"], responses=ERRORS, route_class=N
 @router.post("/next-token", response_model=NextTokenResponse)
 async def next_token(body: NextTokenRequest, request: Request) -> Response:
     """Top-k next tokens, with probabilities, for each input."""
-    model = lease(request, body.model)
-    note(request)["rows"] = body.count
-    return Response(await serving.next_token(model, body, reservation(request.scope)), media_type="application/json")
+    return await lean.answer_next_token(request.scope, request.app.state, body)
 
 
 @router.post("/attention", response_model=AttentionResponse)
@@ -97,8 +93,8 @@ async def head_importance(body: HeadImportanceRequest, request: Request) -> Head
 # that is not OpenAI's runs a model, and /v1/models is refused while draining with the rest of /v1/.
 protocol = Protocol(
     "native",
-    [router, ops.router],
+    [router],
     render_error,
     takes_work=lambda path: path.startswith("/v1/"),
-    lean=LEAN,
+    lean=lean.LEAN,
 )

@@ -1,4 +1,4 @@
-"""Operations routes: liveness, readiness and Prometheus metrics."""
+"""The server's own routes, whatever protocols it speaks: liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
