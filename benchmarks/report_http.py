@@ -282,10 +282,10 @@ def kserve_report(results: dict) -> list[str]:
         "`/v2/models/next_token/infer`, the top 5 from the classification extension. Triton runs through "
         "PyTriton, its dynamic batcher at max_batch_size 32 and 2 ms queue delay, in its own virtual environment, "
         "with the same ONNX graph, tokenizer, session options, padding and length grouping as the service "
-        "(`loadtest/triton_server.py`): the comparison is of the servers, not of how they pad. The native row is "
-        "the service on the same prompts through `/v1/next-token`, for reference. *Loop µs/request* is the "
-        "CPU time of the service's event-loop thread (from `/proc`) over the requests served: the Python cost "
-        "of a request, inference excluded.",
+        "(`benchmarks/peers/triton_server.py`): the comparison is of the servers, not of how they pad. "
+        "The native row is the service on the same prompts through `/v1/next-token`, for reference. "
+        "*Loop µs/request* is the CPU time of the service's event-loop thread (from `/proc`) over the "
+        "requests served: the Python cost of a request, inference excluded.",
         "",
     ]
     for label, w in _kserve_workloads(results).items():

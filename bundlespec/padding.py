@@ -1,7 +1,7 @@
 """How a batch of token rows is laid out for the prompt graphs: right padded, with a mask, in length groups.
 
 The grouping lives here, beside the padding, so that the benchmark's Triton peer batches exactly
-as the service does (loadtest/triton_server.py).
+as the service does (benchmarks/peers/triton_server.py).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ BASELINE_SERVER = [
     sys.executable,
     "-m",
     "uvicorn",
-    "loadtest.baselines:app",
+    "benchmarks.peers.baselines:app",
     "--port",
     "{port}",
     "--log-level",
@@ -42,6 +42,6 @@ def triton_server(bundle_dir: Path) -> tuple[list[str], dict[str, str]] | None:
     ).stdout.strip()
     # Triton's Python backend stub needs the interpreter's own libpython, not the one PyTriton ships.
     return (
-        [str(python), "-m", "loadtest.triton_server", "--bundle", str(bundle_dir), "--http-port", "{port}"],
+        [str(python), "-m", "benchmarks.peers.triton_server", "--bundle", str(bundle_dir), "--http-port", "{port}"],
         {"LD_LIBRARY_PATH": libdir},
     )

@@ -4,7 +4,7 @@ constant: FastAPI returning a fixed next-token-sized JSON body: the HTTP layer's
 naive:    FastAPI calling the PyTorch model once per request, as one might write it in an
           afternoon: no batching, no ONNX, the tokenizer and the model in the handler.
 
-    BASELINE=naive MODEL_DIR=bundles/attnserve-shakespeare/1 uvicorn loadtest.baselines:app --port 8001
+    BASELINE=naive MODEL_DIR=bundles/attnserve-shakespeare/1 uvicorn benchmarks.peers.baselines:app --port 8001
 """
 
 from __future__ import annotations

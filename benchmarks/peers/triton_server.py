@@ -2,7 +2,7 @@
 
 Runs in its own virtual environment (PyTriton pins numpy 1.x), see benchmarks/:
 
-    .venv-triton/bin/python -m loadtest.triton_server --bundle bundles/attnserve-shakespeare/1 --http-port 8010
+    .venv-triton/bin/python -m benchmarks.peers.triton_server --bundle bundles/attnserve-shakespeare/1 --http-port 8010
 
 It serves the model as attnserve's KServe v2 API does, so that the benchmark sends both servers the
 same request bytes: model `next_token`, input `text` BYTES [-1, 1], output `next_token_logprobs`

@@ -1,6 +1,6 @@
 """How ONNX Runtime's session options change next-token latency on this machine.
 
-    python -m loadtest.session_options [--bundle bundles/attnserve-shakespeare/1]
+    python -m benchmarks.session_options [--bundle bundles/attnserve-shakespeare/1]
 
 Prints the median latency (ms) of the next-token graph for each graph optimisation level and
 intra-op thread count; service/core/runner.py's choices come from this measurement.
@@ -29,7 +29,7 @@ SHAPES = ((1, 64), (8, 64), (1, 256))
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m loadtest.session_options", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.session_options", description=__doc__.splitlines()[0])
     p.add_argument(
         "--bundle",
         type=Path,
