@@ -1,35 +1,74 @@
 """What the core needs to know, and how it reports: its own small config and its observers.
 
-The core imports nothing from the server floor (settings, metrics, HTTP): the server builds a
-CoreConfig from its settings and hands in a CoreObservers that turns the core's events into metrics.
+The core imports nothing from the server floor (settings, metrics, HTTP): the server's settings are
+a CoreConfig, and the server hands in a CoreObservers that turns the core's events into metrics.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.core.batcher import BatchObserver
 from service.core.generation import GenerationObserver
 
 
-@dataclass(frozen=True)
-class CoreConfig:
-    """Limits and batching for every model the core serves (each model gets its own batchers)."""
+class CoreConfig(BaseModel):
+    """Limits and batching for every model the core serves (each model gets its own batchers).
 
-    device: str = "cpu"  # "auto", "cuda" or "cpu"
-    intra_op_threads: int = 0
-    max_batch_size: int = 32
-    max_batch_delay_ms: float = 2.0
-    batch_max_padding: float = 0.1
-    max_queue_rows: int = 256
-    max_texts_per_request: int = 64
-    max_attention_values: int = 8_000_000
-    max_attention_compute: int = 16_000_000
-    max_active_sequences: int = 32
-    kv_cache_tokens: int = 0  # 0: max_active_sequences x the model's context
-    max_waiting_sequences: int = 256
-    prefill_tokens_per_step: int = 512
-    request_timeout_s: float = 30.0
+    Declared once, here: the server's Settings is a CoreConfig (it inherits these fields, read from
+    environment variables like the rest), and hands itself to the registry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto: CUDA when a GPU works, else CPU; cuda: fail at start without a GPU."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference; 0 means one per core.")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Most rows (texts) in one ONNX Runtime call.")
+    max_batch_delay_ms: float = Field(
+        2.0, ge=0, le=1000, description="Longest wait for more rows after the first row of a batch arrives."
+    )
+    batch_max_padding: float = Field(
+        0.1,
+        ge=0,
+        description="Rows of a batch run in length groups whose padding stays under this fraction of "
+        "their real tokens; large values pad the whole batch to its longest row.",
+    )
+    max_queue_rows: int = Field(256, ge=1, description="Rows waiting per endpoint before new requests get 503.")
+    max_texts_per_request: int = Field(64, ge=1, description="Most inputs in one request.")
+    max_attention_values: int = Field(
+        8_000_000,
+        ge=1,
+        description="Most attention weights in one response (about 10 bytes of JSON each); ask for fewer "
+        "layers, heads or inputs beyond it.",
+    )
+    max_attention_compute: int = Field(
+        16_000_000,
+        ge=1,
+        description="Attention weights computed for one request (every layer and head of every input, "
+        "whatever is returned); beyond, 422.",
+    )
+    max_active_sequences: int = Field(
+        32, ge=1, le=1024, description="Most sequences generating at once (one decode step runs them all)."
+    )
+    kv_cache_tokens: int = Field(
+        0,
+        ge=0,
+        description="KV-cache budget in tokens, shared by the generating sequences (each reserves prompt + "
+        "max_tokens); 0 means MAX_ACTIVE_SEQUENCES x the context length.",
+    )
+    max_waiting_sequences: int = Field(
+        256, ge=1, description="Sequences waiting to start generating before new requests get 503."
+    )
+    prefill_tokens_per_step: int = Field(
+        512,
+        ge=1,
+        description="Most prompt tokens that start generating in one step (a longer prompt still starts, "
+        "alone): running sequences wait for at most one such prefill between their tokens.",
+    )
+    request_timeout_s: float = Field(30.0, gt=0, description="Longest wait for an answer; then 504.")
 
 
 class ModelObservers:

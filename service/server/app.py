@@ -51,7 +51,7 @@ def make_registry(settings: Settings, metrics: Metrics, checked: Bundle | None =
         return checked if checked is not None and path == checked.path else load_bundle(path)
 
     return ModelRegistry(
-        settings.core_config(),
+        settings,
         metrics,
         repository=None if settings.model_dir else settings.model_repository,
         single=settings.model_dir,

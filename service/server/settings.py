@@ -16,7 +16,9 @@ DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "bundles"
 DEFAULT_MODEL_NAME = "attnserve-shakespeare"
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, CoreConfig):
+    """The core's limits and batching (CoreConfig, declared there) and the server's own settings."""
+
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
     model_repository: Path = Field(
@@ -49,48 +51,7 @@ class Settings(BaseSettings):
         description="Server processes on the port, each a whole server with its own model copy, batcher "
         "and limits (the limits below are per worker); connections are spread across them.",
     )
-    device: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", description="auto: CUDA when a GPU works, else CPU; cuda: fail at start without a GPU."
-    )
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference; 0 means one per core.")
-    max_batch_size: int = Field(32, ge=1, le=1024, description="Most rows (texts) in one ONNX Runtime call.")
-    max_batch_delay_ms: float = Field(
-        2.0, ge=0, le=1000, description="Longest wait for more rows after the first row of a batch arrives."
-    )
-    batch_max_padding: float = Field(
-        0.1,
-        ge=0,
-        description="Rows of a batch run in length groups whose padding stays under this fraction of "
-        "their real tokens; large values pad the whole batch to its longest row.",
-    )
-    max_queue_rows: int = Field(256, ge=1, description="Rows waiting per endpoint before new requests get 503.")
-    max_texts_per_request: int = Field(64, ge=1, description="Most inputs in one request.")
-    max_attention_values: int = Field(
-        8_000_000,
-        ge=1,
-        description="Most attention weights in one response (about 10 bytes of JSON each); ask for fewer "
-        "layers, heads or inputs beyond it.",
-    )
-    max_active_sequences: int = Field(
-        32, ge=1, le=1024, description="Most sequences generating at once (one decode step runs them all)."
-    )
-    kv_cache_tokens: int = Field(
-        0,
-        ge=0,
-        description="KV-cache budget in tokens, shared by the generating sequences (each reserves prompt + "
-        "max_tokens); 0 means MAX_ACTIVE_SEQUENCES x the context length.",
-    )
-    max_waiting_sequences: int = Field(
-        256, ge=1, description="Sequences waiting to start generating before new requests get 503."
-    )
-    prefill_tokens_per_step: int = Field(
-        512,
-        ge=1,
-        description="Most prompt tokens that start generating in one step (a longer prompt still starts, "
-        "alone): running sequences wait for at most one such prefill between their tokens.",
-    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger ones get 413.")
-    request_timeout_s: float = Field(30.0, gt=0, description="Longest wait for an answer; then 504.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: one readable line per record; json: one JSON object per line, from every logger."
@@ -115,12 +76,6 @@ class Settings(BaseSettings):
         1_000_000_000,
         ge=1_000_000,
         description="Bytes of large answers (attention) being built or not yet read by their clients; beyond, 503.",
-    )
-    max_attention_compute: int = Field(
-        16_000_000,
-        ge=1,
-        description="Attention weights computed for one request (every layer and head of every input, "
-        "whatever is returned); beyond, 422.",
     )
     drain_delay_s: float = Field(
         0.0,
@@ -155,24 +110,6 @@ class Settings(BaseSettings):
 
     def admin_key_list(self) -> list[str]:
         return [k.strip() for k in self.admin_api_keys.split(",") if k.strip()]
-
-    def core_config(self) -> CoreConfig:
-        return CoreConfig(
-            device=self.device,
-            intra_op_threads=self.intra_op_threads,
-            max_batch_size=self.max_batch_size,
-            max_batch_delay_ms=self.max_batch_delay_ms,
-            batch_max_padding=self.batch_max_padding,
-            max_queue_rows=self.max_queue_rows,
-            max_texts_per_request=self.max_texts_per_request,
-            max_attention_values=self.max_attention_values,
-            max_attention_compute=self.max_attention_compute,
-            max_active_sequences=self.max_active_sequences,
-            kv_cache_tokens=self.kv_cache_tokens,
-            max_waiting_sequences=self.max_waiting_sequences,
-            prefill_tokens_per_step=self.prefill_tokens_per_step,
-            request_timeout_s=self.request_timeout_s,
-        )
 
     def origins(self) -> list[str]:
         return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
