@@ -114,7 +114,15 @@ def supervise(settings: Settings) -> int:
 
 
 class WorkerMetrics:
-    """One worker's share of the gathered metrics: it writes its own, and answers everyone's."""
+    """One worker's share of the gathered metrics: it writes its own, and answers everyone's.
+
+    Why not prometheus_client's multiprocess mode, which does this for a pre-fork server: it sums
+    counters and histograms across processes, so a worker that sheds load or has a slow batcher is
+    invisible in them, and its gauges are keyed by pid, which differs at every start. The `worker`
+    label (0..N-1) is the same at every start and is on every series, which is what a dashboard per
+    worker needs. The cost is this class: the library's own exposition text, written to a file per
+    worker and merged at scrape time.
+    """
 
     def __init__(self, index: int, directory: Path, registry: CollectorRegistry) -> None:
         self.index = index
