@@ -41,7 +41,7 @@ lock: | $(PY)
 install: $(VENV)/.serve
 
 serve: $(VENV)/.serve
-	$(PY) -m service
+	$(VENV)/bin/attnserve serve
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,14 +75,15 @@ class Server:
         return self.process.wait(timeout)
 
 
-def start_server(bundle: Path, tmp: Path, **env: str | int | float) -> Server:
-    """Start `python -m service` on a free loopback port and wait until /readyz says 200."""
+def start_server(bundle: Path, tmp: Path, command: Sequence[str] = (), **env: str | int | float) -> Server:
+    """Start `python -m service` (or `command`) on a free loopback port and wait until /readyz says 200."""
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     environ = {**os.environ, "MODEL_DIR": str(bundle), "HOST": "127.0.0.1", "PORT": str(port), "DEVICE": "cpu"}
     environ.update({k.upper(): str(v) for k, v in env.items()})
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service"], env=environ, stdout=log, stderr=log, cwd=ROOT)
+        argv = list(command) or [sys.executable, "-m", "service"]
+        process = subprocess.Popen(argv, env=environ, stdout=log, stderr=log, cwd=ROOT)
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -1,0 +1,1 @@
+"""The `attnserve` command: one front door to serving, training, export and the benchmarks."""
