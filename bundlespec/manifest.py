@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # 2: prefill and decode graphs (KV cache), top-k alternatives from score, a typed manifest.
 # 3: head_mask inputs and the logit_lens graph; 4: decode writes into fixed-size caches; 5: the copy graph
@@ -22,14 +22,24 @@ class BundleFormatError(ValueError):
 
 
 class Architecture(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """The model's hyperparameters, one record everywhere: model/ builds the PyTorch model from it, the
+    checkpoint and the bundle's manifest carry it, and the service reads its shape facts from it. The
+    defaults are the lecture model's (the committed Shakespeare bundle)."""
 
-    vocab_size: int = Field(gt=0)
-    n_layer: int = Field(gt=0)
-    n_head: int = Field(gt=0)
-    d_model: int = Field(gt=0)
-    context_length: int = Field(gt=0)
-    dropout: float = 0.0
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vocab_size: int = Field(2048, gt=0)
+    n_layer: int = Field(4, gt=0)
+    n_head: int = Field(8, gt=0)
+    d_model: int = Field(256, gt=0)
+    context_length: int = Field(256, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_the_width(self) -> Architecture:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        return self
 
     @property
     def d_head(self) -> int:

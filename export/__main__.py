@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from bundlespec import MANIFEST_FILE, TOKENIZER_FILE
+from bundlespec.manifest import Architecture
 from export.bundle import load_torch_model, write_bundle
 from export.staging import staged
 from export.verify import ParityError, verify_bundle
-from model.config import ModelConfig
 from model.transformer import AttentionLM
 
 log = logging.getLogger("export")
@@ -27,7 +27,7 @@ log = logging.getLogger("export")
 
 def load_checkpoint(path: Path) -> tuple[AttentionLM, str, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = AttentionLM(ModelConfig.from_dict(ckpt["config"]))
+    model = AttentionLM(Architecture.model_validate(ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt["tokenizer"], ckpt["metrics"]
 

@@ -18,8 +18,8 @@ from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 
 from bundlespec import BUNDLE_FORMAT, GRAPHS, MANIFEST_FILE, TOKENIZER_FILE, WEIGHTS_FILE, Manifest, sha256_file
+from bundlespec.manifest import Architecture
 from export.graphs import export_graph
-from model.config import ModelConfig
 from model.transformer import AttentionLM
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def write_bundle(
         "version": version,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
-        "architecture": model.cfg.to_dict(),
+        "architecture": model.cfg.model_dump(),
         "opset": OPSET,
         "graphs": {
             g.name: {
@@ -157,7 +157,7 @@ def load_torch_model(bundle_dir: Path) -> AttentionLM:
     rebuilt (python -m export --from-bundle); format 1 called the architecture "model_config".
     """
     manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text())
-    model = AttentionLM(ModelConfig.from_dict(manifest.get("architecture") or manifest["model_config"]))
+    model = AttentionLM(Architecture.model_validate(manifest.get("architecture") or manifest["model_config"]))
     state = {}
     with open(bundle_dir / WEIGHTS_FILE, "rb") as f:
         for name, where in manifest["torch_weights"].items():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.config import ModelConfig
+from bundlespec.manifest import Architecture
 from model.data import DEFAULT_CORPUS_URL, TINY_SHAKESPEARE_SHA256, CorpusError, fetch_corpus, sha256_file, split_text
 from model.evaluate import bigram_nll, total_nll
 from model.tokenizer import train_tokenizer
@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=Path(".cache"))
     p.add_argument("--out", type=Path, default=Path("runs/default"))
     p.add_argument("--no-progress", action="store_true")
-    for f in fields(ModelConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    for name, field in Architecture.model_fields.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=field.default)
     for f in fields(TrainConfig):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     return p.parse_args(argv)
@@ -64,7 +64,7 @@ def plot_losses(history: dict, path: Path, chars_per_token: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    cfg = ModelConfig(**{f.name: getattr(args, f.name) for f in fields(ModelConfig)})
+    cfg = Architecture(**{name: getattr(args, name) for name in Architecture.model_fields})
     tc = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     expected = None if args.corpus_sha256.lower() == "none" else args.corpus_sha256
     try:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = train_tokenizer([split.train], cfg.vocab_size)
     if tokenizer.get_vocab_size() != cfg.vocab_size:
         # A tiny corpus can run out of merges before reaching the requested size.
-        cfg = ModelConfig(**{**cfg.to_dict(), "vocab_size": tokenizer.get_vocab_size()})
+        cfg = Architecture(**{**cfg.model_dump(), "vocab_size": tokenizer.get_vocab_size()})
     train_tokens = np.array(tokenizer.encode(split.train).ids, dtype=np.int32)
     val_tokens = np.array(tokenizer.encode(split.val).ids, dtype=np.int32)
     log.info(
@@ -109,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         val_tokens=len(val_tokens),
         corpus_sha256=sha256_file(corpus_path),
         corpus_chars=len(text),
-        model_config=cfg.to_dict(),
+        model_config=cfg.model_dump(),
     )
     torch.save(
         {
-            "config": cfg.to_dict(),
+            "config": cfg.model_dump(),
             "state_dict": model.state_dict(),
             "tokenizer": tokenizer.to_str(),
             "metrics": metrics,

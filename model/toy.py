@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-from model.config import ModelConfig
+from bundlespec.manifest import Architecture
 from model.tokenizer import train_tokenizer
 from model.train import TrainConfig, train
 
@@ -26,7 +26,7 @@ def train_toy(steps: int = 300):
     text = toy_corpus()
     tokenizer = train_tokenizer([text], vocab_size=300)
     tokens = np.array(tokenizer.encode(text).ids, dtype=np.int32)
-    cfg = ModelConfig(
+    cfg = Architecture(
         vocab_size=tokenizer.get_vocab_size(), n_layer=2, n_head=4, d_model=32, context_length=24, dropout=0.0
     )
     tc = TrainConfig(

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.config import ModelConfig
+from bundlespec.manifest import Architecture
 from model.evaluate import total_nll
 from model.transformer import AttentionLM
 
@@ -60,7 +60,7 @@ def hardware() -> str:
 
 
 def train(
-    cfg: ModelConfig,
+    cfg: Architecture,
     tc: TrainConfig,
     train_tokens: np.ndarray,
     val_tokens: np.ndarray,

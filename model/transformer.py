@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import ModelConfig
+from bundlespec.manifest import Architecture
 
 
 def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
@@ -39,7 +39,7 @@ class Attended(NamedTuple):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: Architecture) -> None:
         super().__init__()
         self.n_head = cfg.n_head
         self.d_head = cfg.d_head
@@ -148,7 +148,7 @@ class ScatterRows(torch.autograd.Function):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: Architecture) -> None:
         super().__init__()
         self.up = nn.Linear(cfg.d_model, 4 * cfg.d_model)
         self.down = nn.Linear(4 * cfg.d_model, cfg.d_model)
@@ -161,7 +161,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm block: x + attention(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: Architecture) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
@@ -185,7 +185,7 @@ class Block(nn.Module):
 
 
 class AttentionLM(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: Architecture) -> None:
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)

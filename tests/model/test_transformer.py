@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import ModelConfig
+from bundlespec.manifest import Architecture
 from model.transformer import AttentionLM, sinusoidal_positions
 
-CFG = ModelConfig(vocab_size=97, n_layer=2, n_head=4, d_model=32, context_length=16, dropout=0.0)
+CFG = Architecture(vocab_size=97, n_layer=2, n_head=4, d_model=32, context_length=16, dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_padding_does_not_change_real_positions(model):
 
 def test_config_rejects_heads_that_do_not_divide_width():
     with pytest.raises(ValueError, match="divisible"):
-        ModelConfig(d_model=30, n_head=4)
+        Architecture(d_model=30, n_head=4)
 
 
 @torch.no_grad()
