@@ -81,6 +81,6 @@ bench: $(VENV)/.dev .venv-triton/.ok .venv-aiperf/.ok
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
 
-# Pictures of the attention explorer for the README (needs Debian's chromium: apt-get install chromium).
+# Pictures of the attention explorer for docs/interpretability.md (needs Debian's chromium: apt-get install chromium).
 screenshots: $(VENV)/.dev
 	$(PY) -m loadtest.explorer --screenshots docs/explorer

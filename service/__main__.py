@@ -1,4 +1,4 @@
-"""Start the server: python -m service (settings from the environment, see the README)."""
+"""Start the server: python -m service (settings from the environment, docs/operations.md)."""
 
 import sys
 

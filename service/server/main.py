@@ -1,4 +1,4 @@
-"""The server's entry point (python -m service): settings from the environment, see the README."""
+"""The server's entry point (python -m service, attnserve serve): settings from the environment."""
 
 from __future__ import annotations
 

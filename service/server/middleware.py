@@ -58,9 +58,10 @@ class RequestContext:
         self.max_body_bytes = settings.max_body_bytes
         self.state = state
         self.budget = budget
-        # The access rule (README, "API keys"): with API_KEYS set every route but the open ones needs a
-        # key; an admin key is a valid key wherever one is asked. With either set, the routes that change
-        # what the server serves need an admin key: a user key gets 403, and with API_KEYS alone, every key.
+        # The access rule (docs/operations.md, "Authentication"): with API_KEYS set every route but the
+        # open ones needs a key; an admin key is a valid key wherever one is asked. With either set, the
+        # routes that change what the server serves need an admin key: a user key gets 403, and with
+        # API_KEYS alone, every key.
         self.keys = [k.encode() for k in settings.api_key_list()]
         self.all_keys = self.keys + self.admin_keys
         self.open_paths = public_paths(settings) + tuple(path for p in protocols for path in p.public_paths)

@@ -54,10 +54,10 @@ def test_compose_passes_every_setting_on_with_the_services_own_default():
             assert getattr(parsed, name.lower()) == getattr(defaults, name.lower()), name
 
 
-def test_the_readme_documents_every_setting():
+def test_the_operations_page_documents_every_setting():
     from service.server.settings import Settings
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "operations.md").read_text()
     missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in readme]
     assert missing == []
 
@@ -91,5 +91,5 @@ def test_the_readme_states_the_committed_bundles_size():
 
     bundle = ROOT / "bundles" / "attnserve-shakespeare" / "1"
     size_mb = sum(f.stat().st_size for f in bundle.iterdir()) / 1e6
-    stated = re.search(r"`bundles/attnserve-shakespeare/1/`, ([0-9.]+) MB", (ROOT / "README.md").read_text())
+    stated = re.search(r"`bundles/attnserve-shakespeare/1/`, ([0-9.]+) MB", (ROOT / "docs" / "model.md").read_text())
     assert stated and abs(float(stated.group(1)) - size_mb) < 0.06, (stated and stated.group(1), size_mb)

@@ -1,5 +1,5 @@
-"""Defects found by probing as a hostile client would, and the README's promises about errors: each
-request here once got a 500, an unbounded answer or an unhelpful error."""
+"""Defects found by probing as a hostile client would, and the documented promises about errors
+(docs/api.md): each request here once got a 500, an unbounded answer or an unhelpful error."""
 
 import json
 import socket
