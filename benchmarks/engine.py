@@ -31,14 +31,14 @@ def engine_bench(bundle_dir: Path) -> dict:
     from export.bundle import load_torch_model
     from export.graphs import wrap
     from service.core.bundle import load_bundle
-    from service.core.engine import Engine
+    from service.core.runner import ModelRunner
 
     torch.set_num_threads(os.cpu_count() or 1)
     bundle = load_bundle(bundle_dir)
     from service.server.settings import Settings
 
-    # The service's own grouping of rows by length, so "the engine" is what the service runs.
-    engine = Engine(bundle, device="cpu", max_padding=Settings().batch_max_padding)
+    # The service's own grouping of rows by length, so the runner here is what the service runs.
+    runner = ModelRunner(bundle, device="cpu", max_padding=Settings().batch_max_padding)
     model = load_torch_model(bundle_dir)
     torch_next_token = wrap("next_token", model)
     rng = np.random.default_rng(0)
@@ -50,7 +50,7 @@ def engine_bench(bundle_dir: Path) -> dict:
             ids_t, mask_t = torch.from_numpy(ids), torch.ones(batch, length, dtype=torch.long)
             row: dict = {"batch": batch, "length": length}
             for kind in ONE_SHOT:
-                row[f"ort_{kind}_ms"] = median_seconds(lambda k=kind, r=rows: engine.run(k, r)) * 1000
+                row[f"ort_{kind}_ms"] = median_seconds(lambda k=kind, r=rows: runner.run(k, r)) * 1000
             with torch.inference_mode():
                 row["torch_next_token_ms"] = median_seconds(lambda i=ids_t, m=mask_t: torch_next_token(i, m)) * 1000
             row["speedup"] = row["torch_next_token_ms"] / row["ort_next_token_ms"]
@@ -70,27 +70,27 @@ def engine_bench(bundle_dir: Path) -> dict:
             )
             rows_out.append(row)
 
-    # The engine on the serving workload: prompts from the load-test file, padded as the batcher pads.
+    # The runner on the serving workload: prompts from the load-test file, padded as the batcher pads.
     prompts = [np.asarray(e.ids[-bundle.context_length :]) for e in bundle.tokenizer.encode_batch(load_prompts())]
     workload = {}
     for batch in (1, 32):
         batches = [[prompts[(i * batch + j) % len(prompts)] for j in range(batch)] for i in range(len(prompts))]
         turns = itertools.cycle(batches)
-        seconds = median_seconds(lambda t=turns: engine.run("next_token", next(t)), min_time=1.5)
+        seconds = median_seconds(lambda t=turns: runner.run("next_token", next(t)), min_time=1.5)
         workload[batch] = batch / seconds
         log.info("engine on the prompt mix, batch %d: %.0f rows/s", batch, workload[batch])
     # The same batches of 32 padded to their longest row, as a server without length grouping runs them.
-    padded_engine = Engine(bundle, device="cpu", max_padding=math.inf)
+    padded_runner = ModelRunner(bundle, device="cpu", max_padding=math.inf)
     batches = [[prompts[(i * 32 + j) % len(prompts)] for j in range(32)] for i in range(len(prompts))]
     turns = itertools.cycle(batches)
-    padded = 32 / median_seconds(lambda t=turns: padded_engine.run("next_token", next(t)), min_time=1.5)
+    padded = 32 / median_seconds(lambda t=turns: padded_runner.run("next_token", next(t)), min_time=1.5)
     return {
         "rows": rows_out,
         "workload_rows_per_s": workload,
         "workload_padded_rows_per_s": padded,
         "peak_gflops": matmul_peak_gflops(),
         "config": bundle.arch.model_dump(),
-        "provider": engine.provider,
+        "provider": runner.provider,
     }
 
 
