@@ -8,7 +8,6 @@ jobs, so a request gets the same numbers, batchers and limits whichever protocol
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -27,7 +26,6 @@ from service.core.kvcache import KVCache
 from service.core.runner import Job, ModelRunner
 from service.core.threads import off_loop, yield_to_event_loop
 
-log = logging.getLogger(__name__)
 LARGE_TEXT_CHARS = 20_000
 # Vocabulary-wide logits one logit-lens run computes at most (tokens x depths x vocabulary): 16M
 # float32s are 64 MB per intermediate tensor, a few hundred MB at the run's peak.
