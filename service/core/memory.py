@@ -1,4 +1,5 @@
-"""Giving freed memory back to the system, so that the process's RSS shows what it really holds."""
+"""The process's resident memory: measuring it, and giving freed memory back so that it shows what
+the process really holds."""
 
 from __future__ import annotations
 
@@ -14,3 +15,11 @@ def trim_heap() -> None:
     lets other threads run while it works."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    except OSError:  # not Linux: sizes are reported as 0
+        return 0

@@ -1,9 +1,8 @@
 """The model registry: which models exist, which version of each serves, and the swap between versions.
 
-A repository is a directory of models, each a directory of numbered versions, each a bundle:
-`<repository>/<name>/<version>/manifest.json`. The served name is the model directory's name and
-the highest version serves, as in Triton. A single bundle directory (MODEL_DIR) is a repository of
-one model under its manifest's name and version.
+A repository (its layout on disk: service.core.repository) is a directory of models, each a
+directory of numbered versions, each a bundle. The highest version serves, as in Triton. A single
+bundle directory (MODEL_DIR) is a repository of one model under its manifest's name and version.
 
 A swap never fails a request: the new version is loaded and warmed beside the old one; new requests
 get it once it is ready; every request holds a lease on the version it got until its answer has left
@@ -23,17 +22,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from bundlespec import MANIFEST_FILE, ONE_SHOT, BundleFormatError, read_manifest
+from bundlespec import BundleFormatError, read_manifest
 from service.core.bundle import Bundle, load_bundle
 from service.core.config import CoreConfig, CoreObservers
 from service.core.errors import BundleError, LoadError, ModelNotFoundError
 from service.core.instance import ModelInstance
-from service.core.memory import trim_heap
+from service.core.memory import rss_bytes, trim_heap
+from service.core.repository import fingerprint, highest, name_problem, scan, version_order
 
 log = logging.getLogger(__name__)
-# v2 names a model's job "<model>.<job>" and the default model's jobs by the bare job name: a model
-# named like a job, or with a dot in its name, would be reached by another model's requests.
-JOB_NAMES = frozenset(ONE_SHOT)
 
 
 class ModelState(StrEnum):
@@ -88,61 +85,6 @@ class ModelStatus:
     version: str
     state: ModelState
     reason: str = ""
-
-
-def scan(repository: Path) -> dict[str, dict[str, Path]]:
-    """{name: {version: path}} for every `<name>/<version>/` that holds a manifest; versions are
-    positive integers (other directories are skipped, as Triton skips them)."""
-    models: dict[str, dict[str, Path]] = {}
-    if not repository.is_dir():
-        return models
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = {v.name: v for v in model_dir.iterdir() if _is_version(v)}
-        if versions:
-            models[model_dir.name] = versions
-    return models
-
-
-def name_problem(name: str) -> str | None:
-    """Why a model cannot be served under this name, or None when it can."""
-    if "." in name:
-        return f"the model name {name!r} has a dot, which v2 reads as <model>.<job>; rename its directory"
-    if name in JOB_NAMES:
-        return f"the model name {name!r} is the name of a job ({', '.join(sorted(JOB_NAMES))}); rename its directory"
-    return None
-
-
-def fingerprint(path: Path) -> tuple[tuple[str, int, int, int], ...]:
-    """What a version directory holds, by file name, inode, size and modification time: a version
-    that failed is tried again once this changes (fixed in place, replaced, or finished copying)."""
-    with contextlib.suppress(OSError):
-        return tuple(
-            (f.name, st.st_ino, st.st_size, st.st_mtime_ns) for f in sorted(path.iterdir()) for st in (f.stat(),)
-        )
-    return ()
-
-
-def _is_version(path: Path) -> bool:
-    name = path.name
-    return path.is_dir() and name.isascii() and name.isdigit() and int(name) > 0 and (path / MANIFEST_FILE).is_file()
-
-
-def _highest(versions: dict[str, Path]) -> str:
-    # A repository's versions are integers; a single bundle's one version is its manifest's string.
-    return max(versions, key=_version_order)
-
-
-def _version_order(version: str) -> tuple[bool, int]:
-    number = version.isascii() and version.isdigit()
-    return number, int(version) if number else 0
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-    except OSError:  # not Linux: sizes are reported as 0
-        return 0
 
 
 def _give_memory_back() -> None:
@@ -215,10 +157,10 @@ class ModelRegistry:
         listed = {name for name, _ in out}
         for name, versions in self._known().items():
             if name not in listed:
-                version = _highest(versions)
+                version = highest(versions)
                 reason = self._left_out.get(name, "not loaded")
                 out[name, version] = ModelStatus(name, version, ModelState.UNAVAILABLE, reason)
-        return sorted(out.values(), key=lambda m: (m.name, _version_order(m.version)))
+        return sorted(out.values(), key=lambda m: (m.name, version_order(m.version)))
 
     def _known(self) -> dict[str, dict[str, Path]]:
         if self.single is not None:
@@ -275,7 +217,7 @@ class ModelRegistry:
             versions = self.available().get(name)
             if not versions:
                 raise LoadError(f"the repository has no model {name!r}")
-            version = _highest(versions)
+            version = highest(versions)
             current = self.serving.get(name)
             if current is not None and current.version == version:
                 return current
@@ -335,11 +277,11 @@ class ModelRegistry:
         for name, versions in available.items():
             served = self.serving.get(name)
             failed = self._failed.get(name)
-            highest = _highest(versions)
+            newest = highest(versions)
             # A version that failed is tried again only once its files have changed.
-            same = failed is not None and failed.version == highest
-            retry = not (same and self._failed_files[name] == fingerprint(versions[highest]))
-            if (served is None or served.version != highest) and retry:
+            same = failed is not None and failed.version == newest
+            retry = not (same and self._failed_files[name] == fingerprint(versions[newest]))
+            if (served is None or served.version != newest) and retry:
                 with contextlib.suppress(LoadError):
                     await self.load(name)
 
@@ -365,11 +307,11 @@ class ModelRegistry:
             raise BundleError(f"{path} leads outside the repository {self.repository} (a symlink out of it)")
 
         def build() -> tuple[ModelInstance, int]:
-            before = _rss_bytes()
+            before = rss_bytes()
             bundle = self._open(path)
             model = ModelInstance(bundle, self.config, self.observers.model(name, version), name=name)
             model.warm_up()
-            return model, max(_rss_bytes() - before, 0)
+            return model, max(rss_bytes() - before, 0)
 
         model, resident = await asyncio.to_thread(build)
         model.start()

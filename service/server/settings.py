@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.core.config import CoreConfig
-from service.core.registry import scan
+from service.core.repository import scan
 
 # The committed repository: the Shakespeare model and the lectures' toy model.
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "bundles"

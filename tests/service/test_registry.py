@@ -13,7 +13,8 @@ from service.core import jobs
 from service.core.config import CoreConfig
 from service.core.errors import LoadError, ModelNotFoundError
 from service.core.inputs import rows
-from service.core.registry import ModelRegistry, ModelState, scan
+from service.core.registry import ModelRegistry, ModelState
+from service.core.repository import scan
 
 CONFIG = CoreConfig(device="cpu", max_batch_delay_ms=1, request_timeout_s=5)
 
