@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.types import ASGIApp
+from starlette.responses import Response
 
 from service.core.errors import (
     ControlError,
@@ -28,8 +28,8 @@ from service.core.errors import (
 )
 from service.core.registry import ModelRegistry
 
-# (status, code, message, headers) -> an ASGI response in the protocol's error shape
-ErrorRenderer = Callable[[int, str, str, "dict[str, str] | None"], ASGIApp]
+# (status, code, message, headers) -> a response in the protocol's error shape
+ErrorRenderer = Callable[[int, str, str, "dict[str, str] | None"], Response]
 
 
 @dataclass(frozen=True)

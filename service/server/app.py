@@ -185,11 +185,11 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers) if exc.headers else None
-        return render(exc.status_code, "http_error", str(exc.detail), headers)  # type: ignore[return-value]
+        return render(exc.status_code, "http_error", str(exc.detail), headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> Response:
-        return render(422, "invalid_request", summary(exc.errors()), None)  # type: ignore[return-value]
+        return render(422, "invalid_request", summary(exc.errors()), None)
 
     return app
 
