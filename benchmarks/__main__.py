@@ -25,6 +25,7 @@ from benchmarks.int8 import int8_bench
 from benchmarks.report import machine_info, write_reports
 from loadtest.aiperf import aiperf_bench
 from loadtest.harness import ROOT
+from loadtest.interventions import interventions_bench
 from loadtest.serving import (
     client_check,
     explorer_bench,
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             "tracing",
             "workers",
             "interpretability",
+            "interventions",
             "aiperf",
         ],
         help="re-run one section (kserve: the service and Triton on the same v2 requests) and rewrite the report",
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["aiperf"] = aiperf_bench(args.bundle, Path(tmp))
             elif args.only == "interpretability":
                 results["interpretability"] = interpretability_bench(args.bundle, Path(tmp))
+            elif args.only == "interventions":
+                results["interventions"] = interventions_bench(args.bundle, Path(tmp))
             elif args.only == "int8":
                 results["int8"] = int8_bench(args.bundle, Path(tmp), args.corpus)
             elif args.only == "explorer":
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         results["tracing"] = tracing_bench(args.seconds, work)
         results["workers"] = workers_bench(args.bundle, args.seconds, work)
         results["interpretability"] = interpretability_bench(args.bundle, work)
+        results["interventions"] = interventions_bench(args.bundle, work)
         results["aiperf"] = aiperf_bench(args.bundle, work)
         results["generation"] = generation_bench(args.bundle)
         results["payload"] = payload_bench(args.bundle, work)

@@ -61,6 +61,49 @@ def interpretability_report(results: dict) -> list[str]:
     return [*out, ""]
 
 
+def interventions_report(results: dict) -> list[str]:
+    r = results.get("interventions")
+    if not r:
+        return []
+    sweep, steering, acts = r["sweep"], r["steering"], r["activations"]
+    seconds = sweep["sweep_ms"] / 1000
+    out = [
+        "## Interventions: patching, steering, activations",
+        "",
+        f"**A full patching sweep** through `POST /v1/patch` on the committed Shakespeare model: a "
+        f"{sweep['tokens']}-token pair differing at one position, every head plus `resid_pre`, `attn_out` and "
+        f"`mlp_out` at every layer and position ({sweep['cells']} cells), median of 3 after a warm-up: "
+        f"**{seconds:.2f} s** (target <= 1.2 s on this 2-core machine: {verdict(seconds <= 1.2)}). Against one "
+        f"request per variant, which costs at least a full forward each ({sweep['cells']} `/v1/next-token` "
+        f"requests of the same {sweep['tokens']} tokens, one after another): "
+        f"{sweep['one_request_per_variant_ms'] / 1000:.2f} s. Against TransformerLens's way, one eager PyTorch "
+        f"forward per variant with a hook, in process on the same weights (no HTTP): "
+        f"{sweep['eager_hooks_s']:.2f} s. The cells run as rows of the resume graph, which starts each row at its "
+        "patch and computes only the blocks above it.",
+        "",
+        "**Steering's decode cost**: greedy completions of 64 tokens through `/v1/completions`, every stream "
+        "steered (one vector at layer 1) against none, best of two rounds each. Target: at most 5% at 32 streams.",
+        "",
+        "| streams | plain tokens/s | steered tokens/s | cost |",
+        "|---|---|---|---|",
+    ]
+    for streams, p in steering.items():
+        cost = 1 - p["steered_tokens_per_s"] / p["plain_tokens_per_s"]
+        out.append(f"| {streams} | {p['plain_tokens_per_s']:.0f} | {p['steered_tokens_per_s']:.0f} | {cost:+.1%} |")
+    worst = 1 - steering["32"]["steered_tokens_per_s"] / steering["32"]["plain_tokens_per_s"]
+    out += [
+        "",
+        f"At 32 streams: {worst:+.1%}, {verdict(worst <= 0.05)}.",
+        "",
+        f"**Activations** (`POST /v1/activations`, one {sweep['tokens']}-token text, median of 3):",
+        "",
+        "| asked | answer bytes | ms |",
+        "|---|---|---|",
+    ]
+    out += [f"| {label} | {a['bytes']:,} | {a['ms']:.1f} |" for label, a in acts.items()]
+    return [*out, ""]
+
+
 def tracing_report(results: dict) -> list[str]:
     tracing = results.get("tracing")
     if not tracing:

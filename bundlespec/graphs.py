@@ -4,8 +4,10 @@ Axis names that appear in DYNAMIC vary per call; the others are fixed by the mod
 (vocab, layers, heads, d_head) or are literal sizes. Batches are right padded; attention_mask and
 past_mask are 1 for real tokens and 0 for padding.
 
-One-shot graphs (one call answers a request), each also taking head_mask [batch, layers, heads]:
-1 keeps a head, 0 ablates it (its attention-weighted sum of values is zeroed before W_O):
+One-shot graphs (one call answers a request), each also taking two per-row interventions, so that
+rows with and without them share a batch: head_mask [batch, layers, heads], 1 keeps a head and 0
+ablates it (its attention-weighted sum of values is zeroed before W_O); steering [batch, layers,
+d_model], added to the residual stream before each block at every position (zero: no steering):
     next_token   input_ids, attention_mask [batch, seq] -> next_token_logprobs [batch, vocab]
                  log-probabilities after each row's last real token
     attention    -> attention_weights [batch, layers, heads, seq, seq]
@@ -16,13 +18,24 @@ One-shot graphs (one call answers a request), each also taking head_mask [batch,
                  stream after the embeddings (0) and after each block, through the final LayerNorm
                  and the tied unembedding, as log-probabilities; the LENS_TOP most likely tokens at
                  every layer and position (the last layer's is the model's own next-token answer)
-Generation graphs (a KV cache carried between calls; both take head_mask as well, so that a
-generation can run with heads ablated):
+    activations  -> resid [batch, layers+1, seq, d_model] (the residual stream before each block,
+                 steering included, then after the last one, before the final LayerNorm);
+                 attn_out, mlp_out [batch, layers, seq, d_model] (each attention layer's output,
+                 W_O's bias included, and each MLP's); z [batch, layers, seq, heads, d_head] (each
+                 head's attention-weighted sum of values, as W_O reads it: zero where ablated)
+Activation patching's graph, batched like the one-shot graphs but fed residual streams, not tokens:
+    resume       stream [batch, seq, d_model], attention_mask [batch, seq], entry [batch] ->
+                 next_token_logprobs [batch, vocab]: each row run on from its entry point in the
+                 residual stream (2l: before block l; 2l+1: after block l's attention output is
+                 added; 2 * layers: after the last block), with stream the residual stream there.
+                 Rows compute only the blocks above their entry point.
+Generation graphs (a KV cache carried between calls; both take head_mask and steering as well, so
+that a generation can run with heads ablated or steered, beside plain rows):
     prefill      input_ids, attention_mask [batch, seq] -> next_token_logprobs [batch, vocab],
                  keys, values [batch, layers, heads, seq, d_head] (every prompt position),
                  last_attention [batch, layers, heads, seq] (the last real token's weights)
     decode       input_ids [batch, 1], positions [batch] (each row's length so far: where its new
-                 token goes), head_mask, and for each layer l key_cache_l, value_cache_l [batch,
+                 token goes), head_mask, steering, and for each layer l key_cache_l, value_cache_l [batch,
                  heads, capacity, d_head]: the caller's cache storage, positions < positions[row]
                  filled, the rest ignored
                  -> next_token_logprobs [batch, vocab]; present_key_l, present_value_l (the caches
@@ -114,8 +127,9 @@ def _f32_layers(name: str, *axes: str | int) -> TensorSpec:
 
 
 PROMPT_INPUTS = (_i64("input_ids", BATCH, SEQ), _i64("attention_mask", BATCH, SEQ))
-HEAD_MASK = "head_mask"
-ABLATABLE = (*PROMPT_INPUTS, _f32(HEAD_MASK, BATCH, "layers", "heads"))
+HEAD_MASK, STEERING = "head_mask", "steering"
+INTERVENTIONS = (_f32(HEAD_MASK, BATCH, "layers", "heads"), _f32(STEERING, BATCH, "layers", "d_model"))
+INTERVENABLE = (*PROMPT_INPUTS, *INTERVENTIONS)
 CACHE_AXES = (BATCH, "layers", "heads", SEQ, "d_head")
 SLOT_AXES = (BATCH, "heads", CAPACITY, "d_head")
 
@@ -124,21 +138,21 @@ GRAPHS: dict[str, GraphSpec] = {
     for g in (
         GraphSpec(
             "next_token",
-            ABLATABLE,
+            INTERVENABLE,
             (_f32("next_token_logprobs", BATCH, "vocab"),),
             tolerance=1e-4,
             take_row=lambda out, i, n: out[0][i],  # (V,)
         ),
         GraphSpec(
             "attention",
-            ABLATABLE,
+            INTERVENABLE,
             (_f32("attention_weights", BATCH, "layers", "heads", SEQ, SEQ),),
             tolerance=1e-5,
             take_row=lambda out, i, n: out[0][i, :, :, :n, :n],  # (L, nh, n, n)
         ),
         GraphSpec(
             "score",
-            ABLATABLE,
+            INTERVENABLE,
             (
                 _f32("token_logprobs", BATCH, SEQ_MINUS_1),
                 _f32("top_logprobs", BATCH, SEQ_MINUS_1, TOP_LOGPROBS),
@@ -150,7 +164,7 @@ GRAPHS: dict[str, GraphSpec] = {
         ),
         GraphSpec(
             "logit_lens",
-            ABLATABLE,
+            INTERVENABLE,
             (
                 _f32("lens_top_logprobs", BATCH, "layers_plus_1", SEQ, LENS_TOP),
                 _i64("lens_top_ids", BATCH, "layers_plus_1", SEQ, LENS_TOP),
@@ -159,8 +173,26 @@ GRAPHS: dict[str, GraphSpec] = {
             take_row=lambda out, i, n: (out[0][i, :, :n], out[1][i, :, :n]),  # (L+1, n, K) each
         ),
         GraphSpec(
+            "activations",
+            INTERVENABLE,
+            (
+                _f32("resid", BATCH, "layers_plus_1", SEQ, "d_model"),
+                _f32("attn_out", BATCH, "layers", SEQ, "d_model"),
+                _f32("mlp_out", BATCH, "layers", SEQ, "d_model"),
+                _f32("z", BATCH, "layers", SEQ, "heads", "d_head"),
+            ),
+            tolerance=1e-4,
+            take_row=lambda out, i, n: tuple(o[i, :, :n] for o in out),  # (L+1 or L, n, ...) each
+        ),
+        GraphSpec(
+            "resume",
+            (_f32("stream", BATCH, SEQ, "d_model"), _i64("attention_mask", BATCH, SEQ), _i64("entry", BATCH)),
+            (_f32("next_token_logprobs", BATCH, "vocab"),),
+            tolerance=1e-4,
+        ),
+        GraphSpec(
             "prefill",
-            ABLATABLE,
+            INTERVENABLE,
             (
                 _f32("next_token_logprobs", BATCH, "vocab"),
                 _f32("keys", *CACHE_AXES),
@@ -174,7 +206,7 @@ GRAPHS: dict[str, GraphSpec] = {
             (
                 _i64("input_ids", BATCH, 1),
                 _i64("positions", BATCH),
-                _f32(HEAD_MASK, BATCH, "layers", "heads"),
+                *INTERVENTIONS,
                 _f32_layers("key_cache", *SLOT_AXES),
                 _f32_layers("value_cache", *SLOT_AXES),
             ),

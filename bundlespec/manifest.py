@@ -9,8 +9,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # 2: prefill and decode graphs (KV cache), top-k alternatives from score, a typed manifest.
-# 3: head_mask inputs and the logit_lens graph; 4: decode writes into fixed-size caches; 5: the copy graph
-BUNDLE_FORMAT = 5
+# 3: head_mask inputs and the logit_lens graph; 4: decode writes into fixed-size caches; 5: the copy graph;
+# 6: steering inputs, the activations and resume graphs (interventions)
+BUNDLE_FORMAT = 6
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.bin"
 TOKENIZER_FILE = "tokenizer.json"
@@ -34,6 +35,9 @@ class Architecture(BaseModel):
     d_model: int = Field(256, gt=0)
     context_length: int = Field(256, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
+    # The epsilon inside every LayerNorm's square root: direct logit attribution divides by the
+    # final LayerNorm's scale, which it recomputes from the residual stream.
+    layer_norm_eps: float = Field(1e-5, gt=0)
 
     @model_validator(mode="after")
     def _heads_divide_the_width(self) -> Architecture:

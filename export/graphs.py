@@ -11,6 +11,7 @@ from torch import nn
 
 from bundlespec import GRAPHS
 from bundlespec.graphs import LENS_TOP, TOP_LOGPROBS
+from bundlespec.manifest import Architecture
 from model.transformer import AttentionLM
 
 
@@ -29,33 +30,39 @@ class PromptGraph(nn.Module):
         return ids, mask
 
 
-class AblatableGraph(PromptGraph):
-    """A prompt graph that also takes head_mask (B, L, nh): ablated and plain rows share a batch."""
+def example_interventions(cfg: Architecture, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """head_mask (B, L, nh) and steering (B, L, C) with the last row ablating a head and steered,
+    so that both are traced as data."""
+    head_mask = torch.ones(batch, cfg.n_layer, cfg.n_head)
+    head_mask[-1, 0, 0] = 0.0
+    steering = torch.zeros(batch, cfg.n_layer, cfg.d_model)
+    steering[-1, 0] = torch.randn(cfg.d_model)
+    return head_mask, steering
+
+
+class IntervenableGraph(PromptGraph):
+    """A prompt graph that also takes head_mask (B, L, nh) and steering (B, L, C), per row: rows
+    with and without interventions share a batch."""
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
-        cfg = self.model.cfg
-        head_mask = torch.ones(2, cfg.n_layer, cfg.n_head)
-        head_mask[1, 0, 0] = 0.0  # the second row ablates a head, so the mask is traced as data
-        return (*super().example_inputs(), head_mask)
+        return (*super().example_inputs(), *example_interventions(self.model.cfg, 2))
 
 
-class NextTokenGraph(AblatableGraph):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head_mask: torch.Tensor) -> torch.Tensor:
-        h_last = self.model.last_hidden(input_ids, attention_mask, head_mask)  # (B, C)
+class NextTokenGraph(IntervenableGraph):
+    def forward(self, input_ids, attention_mask, head_mask, steering) -> torch.Tensor:
+        h_last = self.model.last_hidden(input_ids, attention_mask, head_mask, steering)  # (B, C)
         return torch.log_softmax(self.model.logits(h_last), dim=-1)  # (B, V)
 
 
-class AttentionGraph(AblatableGraph):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head_mask: torch.Tensor) -> torch.Tensor:
-        _, weights = self.model.hidden_states(input_ids, attention_mask, need_weights=True, head_mask=head_mask)
+class AttentionGraph(IntervenableGraph):
+    def forward(self, input_ids, attention_mask, head_mask, steering) -> torch.Tensor:
+        _, weights = self.model.hidden_states(input_ids, attention_mask, True, head_mask, steering)
         return torch.stack(weights, dim=1)  # (B, L, nh, T, T)
 
 
-class ScoreGraph(AblatableGraph):
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        hidden, _ = self.model.hidden_states(input_ids, attention_mask, head_mask=head_mask)  # (B, T, C)
+class ScoreGraph(IntervenableGraph):
+    def forward(self, input_ids, attention_mask, head_mask, steering) -> tuple[torch.Tensor, ...]:
+        hidden, _ = self.model.hidden_states(input_ids, attention_mask, False, head_mask, steering)  # (B, T, C)
         logprobs = torch.log_softmax(self.model.logits(hidden[:, :-1]), dim=-1)  # (B, T-1, V)
         targets = input_ids[:, 1:].unsqueeze(-1)  # (B, T-1, 1)
         k = min(TOP_LOGPROBS, self.model.cfg.vocab_size)
@@ -63,39 +70,61 @@ class ScoreGraph(AblatableGraph):
         return logprobs.gather(-1, targets).squeeze(-1), top, top_ids  # (B, T-1), (B, T-1, K), (B, T-1, K)
 
 
-class LogitLensGraph(AblatableGraph):
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        stream, _ = self.model.residual_stream(input_ids, attention_mask, head_mask=head_mask)  # L+1 x (B, T, C)
-        x = torch.stack(stream, dim=1)  # (B, L+1, T, C)
+class LogitLensGraph(IntervenableGraph):
+    def forward(self, input_ids, attention_mask, head_mask, steering) -> tuple[torch.Tensor, ...]:
+        run = self.model.run_blocks(input_ids, attention_mask, False, head_mask, steering)
+        x = run.activations.resid  # (B, L+1, T, C)
         logprobs = torch.log_softmax(self.model.logits(self.model.ln_f(x)), dim=-1)  # (B, L+1, T, V)
         k = min(LENS_TOP, self.model.cfg.vocab_size)
         return logprobs.topk(k, dim=-1)  # (B, L+1, T, K) log-probs and ids, most likely first
 
 
-class PrefillGraph(AblatableGraph):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head_mask: torch.Tensor):
-        h_last, keys, values, last_attention = self.model.prefill(input_ids, attention_mask, head_mask=head_mask)
+class ActivationsGraph(IntervenableGraph):
+    def forward(self, input_ids, attention_mask, head_mask, steering) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.run_blocks(input_ids, attention_mask, False, head_mask, steering).activations)
+
+
+class ResumeGraph(PromptGraph):
+    """(stream, attention_mask, entry) -> log-probs after each row's last real token (see
+    AttentionLM.resume)."""
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        cfg = self.model.cfg
+        points = 2 * cfg.n_layer + 1
+        entry = torch.tensor([points - 2, 0, points - 1, 1, 2, 0]) % points  # every kind of point, unsorted
+        stream = torch.randn(len(entry), 8, cfg.d_model)
+        mask = torch.ones(len(entry), 8, dtype=torch.int64)
+        mask[1, 5:] = 0
+        mask[3, 6:] = 0
+        return stream, mask, entry
+
+    def forward(self, stream, attention_mask, entry) -> torch.Tensor:
+        return torch.log_softmax(self.model.logits(self.model.resume(stream, attention_mask, entry)), dim=-1)
+
+
+class PrefillGraph(IntervenableGraph):
+    def forward(self, input_ids, attention_mask, head_mask, steering):
+        h_last, keys, values, last_attention = self.model.prefill(
+            input_ids, attention_mask, head_mask=head_mask, steering=steering
+        )
         return torch.log_softmax(self.model.logits(h_last), dim=-1), keys, values, last_attention
 
 
 class DecodeGraph(PromptGraph):
-    """One step against per-layer cache storage: (input_ids, positions, head_mask, key caches...,
-    value caches...) -> (log-probs, present keys..., present values..., step attention...)."""
+    """One step against per-layer cache storage: (input_ids, positions, head_mask, steering, key
+    caches..., value caches...) -> (log-probs, present keys..., present values..., step attention...)."""
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         cfg, capacity = self.model.cfg, 6
         caches = [torch.randn(2, cfg.n_head, capacity, cfg.d_head) for _ in range(2 * cfg.n_layer)]
-        head_mask = torch.ones(2, cfg.n_layer, cfg.n_head)
-        head_mask[1, 0, 0] = 0.0
         ids = torch.randint(0, cfg.vocab_size, (2, 1))
-        return ids, torch.tensor([5, 3]), head_mask, *caches  # the second row is shorter
+        # the second row is shorter
+        return ids, torch.tensor([5, 3]), *example_interventions(cfg, 2), *caches
 
-    def forward(self, input_ids, positions, head_mask, *caches):
+    def forward(self, input_ids, positions, head_mask, steering, *caches):
         n = self.model.cfg.n_layer
         h, keys, values, weights = self.model.decode(
-            input_ids, positions, list(caches[:n]), list(caches[n:]), head_mask
+            input_ids, positions, list(caches[:n]), list(caches[n:]), head_mask, steering
         )
         return torch.log_softmax(self.model.logits(h), dim=-1), *keys, *values, *weights
 
@@ -105,6 +134,8 @@ WRAPPERS: dict[str, type[PromptGraph]] = {
     "attention": AttentionGraph,
     "score": ScoreGraph,
     "logit_lens": LogitLensGraph,
+    "activations": ActivationsGraph,
+    "resume": ResumeGraph,
     "prefill": PrefillGraph,
     "decode": DecodeGraph,
 }

@@ -42,6 +42,20 @@ def ones_mask(model: AttentionLM, batch: int) -> np.ndarray:
     return np.ones((batch, model.cfg.n_layer, model.cfg.n_head), dtype=np.float32)
 
 
+def no_steering(model: AttentionLM, batch: int) -> np.ndarray:
+    return np.zeros((batch, model.cfg.n_layer, model.cfg.d_model), dtype=np.float32)
+
+
+def random_steering(rng: np.random.Generator, batch: int, n_layer: int, d_model: int) -> np.ndarray:
+    """(batch, L, C) of zeros, with some rows steered at a layer or two: steered and plain rows together."""
+    steering = np.zeros((batch, n_layer, d_model), dtype=np.float32)
+    for row in range(batch):
+        if rng.random() < 0.5:
+            layers = rng.choice(n_layer, size=min(n_layer, int(rng.integers(1, 3))), replace=False)
+            steering[row, layers] = rng.standard_normal((len(layers), d_model))
+    return steering
+
+
 def _session(bundle_dir: Path, name: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(bundle_dir / GRAPHS[name].file), providers=["CPUExecutionProvider"])
 
@@ -74,8 +88,10 @@ def verify_one_shot(model: AttentionLM, bundle_dir: Path, trials: int, rng: np.r
             if ids.shape[1] < spec.min_length:
                 continue
             heads = random_head_mask(rng, len(lengths), cfg.n_layer, cfg.n_head)
-            got = session.run(None, {"input_ids": ids, "attention_mask": mask, "head_mask": heads})
-            want = _torch(model, name, ids, mask, heads)
+            steering = random_steering(rng, len(lengths), cfg.n_layer, cfg.d_model)
+            feed = {"input_ids": ids, "attention_mask": mask, "head_mask": heads, "steering": steering}
+            got = session.run(None, feed)
+            want = _torch(model, name, ids, mask, heads, steering)
             for row, n in enumerate(lengths):
                 if n < spec.min_length:
                     continue
@@ -86,6 +102,7 @@ def verify_one_shot(model: AttentionLM, bundle_dir: Path, trials: int, rng: np.r
                     "input_ids": ids[row : row + 1, :n],
                     "attention_mask": mask[row : row + 1, :n],
                     "head_mask": heads[row : row + 1],
+                    "steering": steering[row : row + 1],
                 }
                 alone = spec.take_row(session.run(None, feed), 0, n)
                 alone = alone if isinstance(alone, tuple) else (alone,)
@@ -114,11 +131,11 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
     prefill, decode = _session(bundle_dir, "prefill"), _session(bundle_dir, "decode")
     worst = 0.0
 
-    def compare(got: np.ndarray, seqs: list[list[int]], step: int, heads: np.ndarray) -> list[int]:
+    def compare(got: np.ndarray, seqs: list[list[int]], step: int, heads: np.ndarray, steer: np.ndarray) -> list[int]:
         """Check ORT's next-token log-probs (B, V) against PyTorch's; returns the greedy tokens."""
         nonlocal worst
         ids, mask = pad([np.asarray(s) for s in seqs])
-        (want,) = _torch(model, "next_token", ids, mask, heads)
+        (want,) = _torch(model, "next_token", ids, mask, heads, steer)
         worst = max(worst, _check("decode", got, want, tol, f"step {step} log-probs vs recomputation"))
         chosen = got.argmax(-1)
         for i, t in enumerate(chosen):
@@ -135,10 +152,12 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
         ]
         seqs = [rng.integers(0, cfg.vocab_size, n).tolist() for n in lengths]
         ids, mask = pad([np.asarray(s) for s in seqs])
-        # Some rows generate with heads ablated, beside plain rows, and are checked against
-        # PyTorch recomputing with the same heads zeroed.
+        # Some rows generate with heads ablated or steered, beside plain rows, and are checked
+        # against PyTorch recomputing with the same interventions.
         heads = random_head_mask(rng, len(seqs), cfg.n_layer, cfg.n_head)
-        logprobs, keys, values, _ = prefill.run(None, {"input_ids": ids, "attention_mask": mask, "head_mask": heads})
+        steer = random_steering(rng, len(seqs), cfg.n_layer, cfg.d_model)
+        feed = {"input_ids": ids, "attention_mask": mask, "head_mask": heads, "steering": steer}
+        logprobs, keys, values, _ = prefill.run(None, feed)
         # Cache storage per layer (rows, nh, context, hs); what lies past a row's length is noise,
         # which the graph must ignore.
         storage = rng.standard_normal((2 * L, len(seqs), cfg.n_head, cfg.context_length, cfg.d_head))
@@ -146,7 +165,7 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
         for i, n in enumerate(lengths):
             storage[:L, i, :, :n] = keys[i, :, :, :n]
             storage[L:, i, :, :n] = values[i, :, :, :n]
-        tokens = compare(logprobs, seqs, 0, heads)
+        tokens = compare(logprobs, seqs, 0, heads, steer)
         step = 0
         while True:
             live = [i for i, s in enumerate(seqs) if len(s) < cfg.context_length]
@@ -160,6 +179,7 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
                 "input_ids": np.asarray([[tokens[i]] for i in live], dtype=np.int64),
                 "positions": np.asarray([len(seqs[i]) for i in live], dtype=np.int64),
                 "head_mask": heads[live],
+                "steering": steer[live],
                 **{f"key_cache_{layer}": caches[layer] for layer in range(L)},
                 **{f"value_cache_{layer}": caches[L + layer] for layer in range(L)},
             }
@@ -167,7 +187,9 @@ def verify_generation(model: AttentionLM, bundle_dir: Path, trials: int, rng: np
             storage[:, live, :, :capacity] = np.stack(present[: 2 * L])
             for i in live:
                 seqs[i].append(tokens[i])
-            for i, t in zip(live, compare(logprobs, [seqs[i] for i in live], step, heads[live]), strict=True):
+            for i, t in zip(
+                live, compare(logprobs, [seqs[i] for i in live], step, heads[live], steer[live]), strict=True
+            ):
                 tokens[i] = t
     log.info("cached decoding parity: worst abs error %.2e over %d trials (tolerance %.0e)", worst, trials, tol)
     return worst
@@ -178,8 +200,66 @@ def verify_bundle(model: AttentionLM, bundle_dir: Path, trials: int = 12, seed: 
     rng = np.random.default_rng(seed)
     worst = verify_one_shot(model, bundle_dir, trials, rng)
     worst["generation"] = verify_generation(model, bundle_dir, max(2, trials // 4), rng)
+    worst["resume"] = verify_resume(model, bundle_dir, trials, rng)
     verify_helpers(bundle_dir, rng)
     return worst
+
+
+def verify_resume(model: AttentionLM, bundle_dir: Path, trials: int, rng: np.random.Generator) -> float:
+    """The resume graph against PyTorch patching the same activation with a hook, and the
+    invariant that resuming an unpatched stream from any point gives the plain run's answer.
+
+    Each row patches one random site (the residual stream before a block, an attention layer's
+    output, an MLP's output) at one random position, as the service's patching does.
+    """
+    cfg, tol = model.cfg, GRAPHS["resume"].tolerance
+    session, L = _session(bundle_dir, "resume"), cfg.n_layer
+    worst = 0.0
+    for _ in range(trials):
+        ids, mask, lengths = random_batch(rng, cfg.vocab_size, cfg.context_length)
+        with torch.no_grad():
+            acts = model.run_blocks(torch.from_numpy(ids), torch.from_numpy(mask)).activations
+        resid, attn_out = acts.resid.numpy(), acts.attn_out.numpy()
+        (plain,) = _torch(
+            model, "next_token", ids, mask, ones_mask(model, len(lengths)), no_steering(model, len(lengths))
+        )
+        entry = rng.integers(0, 2 * L + 1, len(lengths))
+        streams = np.stack(
+            [resid[b, e // 2] + attn_out[b, e // 2] if e % 2 else resid[b, e // 2] for b, e in enumerate(entry)]
+        )
+        (unpatched,) = session.run(None, {"stream": streams, "attention_mask": mask, "entry": entry})
+        worst = max(worst, _check("resume", unpatched, plain, tol, "an unpatched resume vs the plain run"))
+        delta = np.zeros_like(streams)
+        for b, n in enumerate(lengths):
+            delta[b, int(rng.integers(0, n))] = rng.standard_normal(cfg.d_model)
+        (got,) = session.run(None, {"stream": streams + delta, "attention_mask": mask, "entry": entry})
+        want = [
+            patched_by_hook(model, ids[b : b + 1, :n], int(entry[b]), delta[b : b + 1, :n])
+            for b, n in enumerate(lengths)
+        ]
+        worst = max(worst, _check("resume", got, np.concatenate(want), tol, "a patched resume vs a PyTorch hook"))
+    log.info("resume parity: worst abs error %.2e (tolerance %.0e)", worst, tol)
+    return worst
+
+
+def patched_by_hook(model: AttentionLM, ids: np.ndarray, entry: int, delta: np.ndarray) -> np.ndarray:
+    """Next-token log-probs (1, V) with delta added to the residual stream at entry point `entry`
+    by forward hooks on the plain model (a reference independent of AttentionLM.resume)."""
+    L, add = model.cfg.n_layer, torch.from_numpy(delta)
+    if entry == 2 * L:  # after the last block: its output
+        module, hook = model.blocks[L - 1], lambda m, args, out: (out[0] + add, *out[1:])
+        handle = module.register_forward_hook(hook)
+    elif entry % 2:  # after block l's attention: its attention output
+        module = model.blocks[entry // 2].attn
+        handle = module.register_forward_hook(lambda m, args, out: out._replace(out=out.out + add))
+    else:  # before block l: its input
+        handle = model.blocks[entry // 2].register_forward_pre_hook(lambda m, args: (args[0] + add, *args[1:]))
+    try:
+        with torch.no_grad():
+            hidden, _ = model.hidden_states(torch.from_numpy(ids))
+            return torch.log_softmax(model.logits(hidden[:, -1]), dim=-1).numpy()
+    finally:
+        handle.remove()
 
 
 def verify_helpers(bundle_dir: Path, rng: np.random.Generator) -> None:

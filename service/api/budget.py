@@ -68,6 +68,9 @@ class ResponseBudget:
 # Bytes held per returned attention weight while the answer exists: the float32 array and its JSON
 # text (a full-context answer measured 8.7 bytes of JSON per weight).
 ATTENTION_JSON_BYTES = 4 + 10
+# Bytes held per returned activation: the float32 array and its JSON text (a signed float32 in
+# shortest form, such as -0.12345679, and its comma).
+ACTIVATION_JSON_BYTES = 4 + 13
 # Bytes per token entry in JSON ({"token", "token_id", "prob", "logprob"}: 75 to 90 measured), as the
 # logit lens and next-token answers hold them.
 LENS_JSON_BYTES = 100

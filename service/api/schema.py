@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.core.steering import SteerSpec
 
 BOUND_MARK = "x-attnserve-bound"
 TokenId = Annotated[int, Field(ge=0, json_schema_extra={BOUND_MARK: "token_id"})]
@@ -33,16 +35,18 @@ AblatedHead = Annotated[
 ]
 
 
-def model_bounds(vocab_size: int, n_layer: int, n_head: int) -> dict[str, int]:
-    """The largest valid value of each marked kind of field."""
-    return {"token_id": vocab_size - 1, "top_k": vocab_size, "layer": n_layer - 1, "head": n_head - 1}
+def model_bounds(vocab_size: int, n_layer: int, n_head: int, d_model: int) -> dict[str, int]:
+    """The largest valid value of each marked kind of field (for "width", the one valid length)."""
+    return {"token_id": vocab_size - 1, "top_k": vocab_size, "layer": n_layer - 1, "head": n_head - 1, "width": d_model}
 
 
 def fill_bounds(node: Any, bounds: dict[str, int]) -> None:
-    """Set `maximum` on every marked schema in the document, in place."""
+    """Set `maximum` (a list's length, for "width") on every marked schema in the document, in place."""
     if isinstance(node, dict):
         kind = node.get(BOUND_MARK)
-        if kind in bounds:
+        if kind == "width":
+            node["minItems"] = node["maxItems"] = bounds[kind]
+        elif kind in bounds:
             node["maximum"] = bounds[kind]
         for value in node.values():
             fill_bounds(value, bounds)
@@ -54,3 +58,39 @@ def fill_bounds(node: Any, bounds: dict[str, int]) -> None:
 def exactly_one_of(*fields: str) -> dict[str, Any]:
     """A JSON Schema `oneOf`: exactly one of these (nullable, array) fields is given as an array."""
     return {"oneOf": [{"required": [f], "properties": {f: {"type": "array"}}} for f in fields]}
+
+
+# Bounds that keep a steered residual stream (up to MAX_STEER_ENTRIES of these products summed) and
+# its LayerNorm's variance finite in float32.
+SteerValue = Annotated[float, Field(ge=-1e6, le=1e6)]
+
+
+class SteerTexts(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    add: str = Field(min_length=1, description="Text whose mean residual stream before the layer is added.")
+    subtract: str | None = Field(None, min_length=1, description="Text whose mean residual stream is subtracted.")
+
+
+class SteerEntry(BaseModel):
+    """One steering vector: added to the residual stream before block `layer`, at every position."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    layer: LayerIndex
+    vector: Annotated[list[SteerValue], Field(json_schema_extra={BOUND_MARK: "width"})] | SteerTexts = Field(
+        description="d_model numbers, or {add, subtract} texts: the difference of their mean residual streams "
+        "before the layer (POST /v1/steering-vector returns it)."
+    )
+    scale: SteerValue = Field(1.0, description="The vector is multiplied by this before it is added.")
+
+    def spec(self) -> SteerSpec:
+        if isinstance(self.vector, SteerTexts):
+            return SteerSpec(self.layer, add=self.vector.add, subtract=self.vector.subtract, scale=self.scale)
+        return SteerSpec(self.layer, vector=self.vector, scale=self.scale)
+
+
+STEER_DESCRIPTION = (
+    "Steering vectors (activation addition), each added to the residual stream before its layer's block, at "
+    "every position and, in generation, at every step. [] or none: no steering."
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from bundlespec import GRAPHS, TOKENIZER_FILE, WEIGHTS_FILE, BundleFormatError, Manifest, read_manifest, sha256_file
@@ -40,6 +41,14 @@ class Bundle:
 
     def graph_path(self, name: str) -> Path:
         return self.path / self.manifest.graphs[name].file
+
+    def weight(self, name: str) -> np.ndarray:
+        """One of the model's parameters by its PyTorch name (say blocks.0.attn.w_o.weight), in PyTorch's
+        layout, memory-mapped read-only from the weights file: only the parts a job reads are loaded."""
+        where = self.manifest.torch_weights[name]
+        stored = where.shape[::-1] if where.transposed else where.shape
+        array = np.memmap(self.path / WEIGHTS_FILE, np.float32, "r", where.offset, tuple(stored))
+        return array.T if where.transposed else array
 
 
 def load_bundle(path: Path) -> Bundle:

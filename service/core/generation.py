@@ -45,6 +45,7 @@ class GenerationParams:
     top_logprobs: int = 0  # alternatives to report per token
     attention: tuple[list[int], list[int]] | None = None  # (layers, heads) to report per token
     head_mask: np.ndarray | None = None  # (L, nh): 0 where a head is ablated at every step
+    steering: np.ndarray | None = None  # (L, C): added to the residual stream before each block, every step
 
 
 @dataclass
@@ -155,7 +156,6 @@ class Scheduler:
         self.cache: KVCache[GenerationStream] = KVCache(
             arch.n_layer, arch.n_head, arch.d_head, max_active, arch.context_length, runner
         )
-        self._all_heads = np.ones((max_active, arch.n_layer, arch.n_head), dtype=np.float32)
         self.waiting: deque[GenerationStream] = deque()
         self.active: list[GenerationStream] = []
         self.reserved_tokens = 0
@@ -319,7 +319,7 @@ class Scheduler:
 
     def _prefill(self, streams: list[GenerationStream]) -> list[tuple[GenerationStream, Step]]:
         steps = []
-        jobs = [Job(s.prompt, s.params.head_mask) for s in streams]
+        jobs = [Job(s.prompt, s.params.head_mask, s.params.steering) for s in streams]
         for s, out in zip(streams, self.runner.prefill(jobs), strict=True):
             self.cache.add(s, out.keys, out.values)
             s.length = len(s.prompt)
@@ -333,14 +333,9 @@ class Scheduler:
         B = len(streams)
         tokens = np.asarray([s.text.ids[-1] for s in streams], dtype=np.int64)
         positions = np.asarray([s.length for s in streams], dtype=np.int64)
-        head_mask = self._all_heads[:B]
-        if any(s.params.head_mask is not None for s in streams):
-            head_mask = head_mask.copy()  # (B, L, nh)
-            for b, s in enumerate(streams):
-                if s.params.head_mask is not None:
-                    head_mask[b] = s.params.head_mask
+        interventions = self.runner.interventions([s.params for s in streams])
         wants_attention = any(s.params.attention is not None for s in streams)
-        out = self.runner.decode(tokens, positions, self.cache.bound(B), head_mask, attention=wants_attention)
+        out = self.runner.decode(tokens, positions, self.cache.bound(B), interventions, attention=wants_attention)
         steps = []
         for b, s in enumerate(streams):
             if out.attention is not None and s.params.attention is not None:

@@ -11,12 +11,27 @@ import numpy as np
 from bundlespec.manifest import Architecture
 from service.core.errors import InputError
 from service.core.instance import ModelInstance
+from service.core.runner import Job
 
 
 @dataclass(frozen=True)
 class Row:
     ids: np.ndarray  # (n,) int64
     truncated: bool
+
+
+@dataclass(frozen=True)
+class Interventions:
+    """What a request changes in the model, per row of every graph it runs (see runner.Job)."""
+
+    head_mask: np.ndarray | None = None  # (L, nh) float32: 0 where a head is ablated
+    steering: np.ndarray | None = None  # (L, C) float32: added before each block, at every position
+
+    def job(self, ids: np.ndarray) -> Job:
+        return Job(ids, self.head_mask, self.steering)
+
+
+NONE = Interventions()
 
 
 def check_ids(model: ModelInstance, encoded: Sequence[Sequence[int]], what: str = "token_ids") -> None:

@@ -23,7 +23,7 @@ from service.core.config import CoreConfig, ModelObservers
 from service.core.errors import QueueFullError
 from service.core.generation import GenerationParams, GenerationStream, Scheduler
 from service.core.kvcache import KVCache
-from service.core.runner import Job, ModelRunner
+from service.core.runner import Job, ModelRunner, Resumed
 from service.core.threads import off_loop, yield_to_event_loop
 
 LARGE_TEXT_CHARS = 20_000
@@ -62,9 +62,15 @@ class ModelInstance:
                 max(1, LENS_VALUES_PER_RUN // ((arch.n_layer + 1) * bundle.vocab_size)),
             ),
         }
+        # Every one-shot graph has its batcher, and so has resume, which activation patching feeds
+        # residual streams instead of tokens.
+        run_batch: dict[str, Callable[[Sequence[Any]], Sequence[Any]]] = {
+            graph: functools.partial(self.runner.run, graph) for graph in ONE_SHOT
+        }
+        run_batch["resume"] = self.runner.resume
         self.batchers = {
             graph: DynamicBatcher(
-                run_batch=functools.partial(self.runner.run, graph),
+                run_batch=run_batch[graph],
                 executor=self._executor,
                 max_batch_size=config.max_batch_size,
                 max_delay_s=config.max_batch_delay_ms / 1000,
@@ -75,7 +81,7 @@ class ModelInstance:
                 max_batch_cost=batch_costs[graph][1] if graph in batch_costs else None,
                 timeout_s=config.request_timeout_s,
             )
-            for graph in ONE_SHOT
+            for graph in run_batch
         }
         self.scheduler = Scheduler(
             self.runner,
@@ -103,6 +109,8 @@ class ModelInstance:
         longest = np.arange(self.bundle.context_length, dtype=np.int64) % self.bundle.vocab_size
         for graph in ONE_SHOT:
             self.runner.run(graph, [Job(longest), Job(longest[:3])])
+        stream = np.zeros((len(longest), self.bundle.arch.d_model), dtype=np.float32)
+        self.runner.resume([Resumed(stream, 0), Resumed(stream[:3], 1)])
         self.runner.prefill([Job(longest[:-1]), Job(longest[:3])])
         arch = self.bundle.arch
         n = len(longest)
@@ -144,8 +152,9 @@ class ModelInstance:
 
     # -- taking work ------------------------------------------------------------------------------
 
-    async def submit(self, graph: str, jobs: list[Job]) -> list[Any]:
-        """Run rows of a one-shot graph in shared batches; each row's share of the outputs, in order."""
+    async def submit(self, graph: str, jobs: Sequence[Job | Resumed]) -> list[Any]:
+        """Run rows of a one-shot graph (Jobs) or of resume (Resumed) in shared batches; each row's share of
+        the outputs, in order."""
         try:
             return await self.batchers[graph].submit(jobs)  # InferenceTimeoutError past REQUEST_TIMEOUT_S
         except QueueFullError:

@@ -15,7 +15,7 @@ import numpy as np
 from bundlespec.graphs import LENS_TOP
 from service.core.errors import InputError
 from service.core.generation import GenerationParams, GenerationStream
-from service.core.inputs import Row, layer_head_indices
+from service.core.inputs import NONE, Interventions, Row, layer_head_indices
 from service.core.instance import ModelInstance
 from service.core.runner import Job
 from service.core.sampling import log_softmax, top_indices
@@ -46,25 +46,25 @@ class TokenScores:
     top_ids: np.ndarray  # (n-1, K)
 
 
-async def _run(model: ModelInstance, graph: str, rows: list[Row], head_mask: np.ndarray | None) -> list:
-    return await model.submit(graph, [Job(r.ids, head_mask) for r in rows])
+async def _run(model: ModelInstance, graph: str, rows: list[Row], edits: Interventions) -> list:
+    return await model.submit(graph, [edits.job(r.ids) for r in rows])
 
 
 async def next_token_logprobs(
-    model: ModelInstance, rows: list[Row], temperature: float = 1.0, head_mask: np.ndarray | None = None
+    model: ModelInstance, rows: list[Row], temperature: float = 1.0, edits: Interventions = NONE
 ) -> list[np.ndarray]:
     """Each row's next-token log-probabilities over the whole vocabulary, (vocab,) float64."""
-    outputs = await _run(model, "next_token", rows, head_mask)
+    outputs = await _run(model, "next_token", rows, edits)
     return [log_softmax(logprobs, temperature) for logprobs in outputs]
 
 
 async def next_token(
-    model: ModelInstance, rows: list[Row], top_k: int, temperature: float = 1.0, head_mask: np.ndarray | None = None
+    model: ModelInstance, rows: list[Row], top_k: int, temperature: float = 1.0, edits: Interventions = NONE
 ) -> list[NextTokens]:
     if top_k > model.bundle.vocab_size:
         raise InputError(f"top_k={top_k} is larger than the vocabulary ({model.bundle.vocab_size})")
     results = []
-    for row, lp in zip(rows, await next_token_logprobs(model, rows, temperature, head_mask), strict=True):
+    for row, lp in zip(rows, await next_token_logprobs(model, rows, temperature, edits), strict=True):
         top = top_indices(lp, top_k)
         results.append(NextTokens(row, top, lp[top]))
     return results
@@ -76,7 +76,7 @@ async def attention(
     layers: list[int] | None = None,
     heads: list[int] | None = None,
     reserve: Callable[[int], None] | None = None,
-    head_mask: np.ndarray | None = None,
+    edits: Interventions = NONE,
 ) -> list[AttentionMaps]:
     """`reserve` is called with the number of weights returned before any work is done (the
     protocol takes the answer's bytes from the in-flight budget there, or raises)."""
@@ -98,26 +98,26 @@ async def attention(
         )
     if reserve is not None:
         reserve(values)
-    outputs = await _run(model, "attention", rows, head_mask)
+    outputs = await _run(model, "attention", rows, edits)
     return [
         AttentionMaps(row, layers, heads, np.ascontiguousarray(w[np.ix_(layers, heads)], dtype=np.float32))
         for row, w in zip(rows, outputs, strict=True)
     ]
 
 
-async def score(model: ModelInstance, rows: list[Row], head_mask: np.ndarray | None = None) -> list[TokenScores]:
-    outputs = await _run(model, "score", rows, head_mask)
+async def score(model: ModelInstance, rows: list[Row], edits: Interventions = NONE) -> list[TokenScores]:
+    outputs = await _run(model, "score", rows, edits)
     return [TokenScores(row, *out) for row, out in zip(rows, outputs, strict=True)]
 
 
 async def logit_lens(
-    model: ModelInstance, rows: list[Row], top_k: int, head_mask: np.ndarray | None = None
+    model: ModelInstance, rows: list[Row], top_k: int, edits: Interventions = NONE
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each row's (L+1, n, top_k) log-probs and token ids: the residual stream after the
     embeddings and after every block, read through the final LayerNorm and the unembedding."""
     if not 1 <= top_k <= LENS_TOP:
         raise InputError(f"top_k must be from 1 to {LENS_TOP} for the logit lens, not {top_k}")
-    outputs = await _run(model, "logit_lens", rows, head_mask)
+    outputs = await _run(model, "logit_lens", rows, edits)
     return [(lp[:, :, :top_k], ids[:, :, :top_k]) for lp, ids in outputs]
 
 
@@ -147,6 +147,68 @@ async def head_importance(model: ModelInstance, rows: list[Row]) -> list[tuple[f
         means = np.array([float(o[0].mean()) for o in outputs[i * copies : (i + 1) * copies]])  # (copies,)
         out.append((float(means[0]), (means[1:] - means[0]).reshape(L, nh)))
     return out
+
+
+SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "z")
+
+
+@dataclass(frozen=True)
+class ActivationSet:
+    """What one row's stream held at the asked sites, layers and positions."""
+
+    row: Row
+    layers: list[int]
+    positions: list[int]
+    sites: dict[str, np.ndarray]  # site -> (layers, positions, C) float32, z: (layers, positions, nh, hs)
+
+
+def site_values(model: ModelInstance, site: str) -> int:
+    """Numbers one layer and position of a site holds."""
+    arch = model.bundle.arch
+    return arch.n_head * arch.d_head if site == "z" else arch.d_model
+
+
+def activation_positions(row: Row, positions: str | Sequence[int], what: str = "positions") -> list[int]:
+    """ "all", "last" or a list of positions, checked against the row's length."""
+    n = len(row.ids)
+    if positions == "all":
+        return list(range(n))
+    if positions == "last":
+        return [n - 1]
+    assert not isinstance(positions, str), f"unknown positions {positions!r}"
+    bad = [p for p in positions if not 0 <= p < n]
+    if bad:
+        raise InputError(f"{what} {bad} are outside an input of {n} tokens (0..{n - 1})", what)
+    return list(positions)
+
+
+async def activations(
+    model: ModelInstance,
+    rows: list[Row],
+    sites: Sequence[str],
+    layers: list[int] | None = None,
+    positions: str | Sequence[int] = "all",
+    reserve: Callable[[int], None] | None = None,
+    edits: Interventions = NONE,
+) -> list[ActivationSet]:
+    """The residual stream and its parts at the asked sites (SITES; TransformerLens's names), layers
+    and positions. `reserve` is called with the count of float32s to return before anything runs."""
+    unknown = [s for s in sites if s not in SITES]
+    if unknown or not sites:
+        raise InputError(f"sites must be some of {', '.join(SITES)}; not {unknown or 'none'}", "sites")
+    layers, _ = layer_head_indices(model.bundle.arch, layers, None)
+    picked = [activation_positions(row, positions) for row in rows]
+    values = sum(len(p) for p in picked) * len(layers) * sum(site_values(model, s) for s in sites)
+    if reserve is not None:
+        reserve(values)
+    outputs = await _run(model, "activations", rows, edits)
+    results = []
+    for row, at, (resid, attn_out, mlp_out, z) in zip(rows, picked, outputs, strict=True):
+        # resid holds the stream before each block and after the last: resid_pre[l] and resid_post[l - 1].
+        arrays = {"resid_pre": resid[:-1], "resid_post": resid[1:], "attn_out": attn_out, "mlp_out": mlp_out, "z": z}
+        pick = np.ix_(layers, at)
+        results.append(ActivationSet(row, layers, at, {s: np.ascontiguousarray(arrays[s][pick]) for s in sites}))
+    return results
 
 
 def generate(model: ModelInstance, requests: Sequence[tuple[Row, GenerationParams]]) -> list[GenerationStream]:

@@ -7,12 +7,13 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
 
 from bundlespec import GRAPHS
-from bundlespec.graphs import HEAD_MASK
+from bundlespec.graphs import HEAD_MASK, STEERING
 from bundlespec.padding import group_by_length, pad
 from service.core.bundle import Bundle
 from service.core.errors import BundleError, DeviceError
@@ -74,12 +75,30 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     return opts
 
 
+class Intervened(Protocol):
+    """A row's interventions, as Job and the generation parameters both carry them."""
+
+    @property
+    def head_mask(self) -> np.ndarray | None: ...  # (L, nh) float32, 0 where a head is ablated
+    @property
+    def steering(self) -> np.ndarray | None: ...  # (L, C) float32, added before each block
+
+
 @dataclass(frozen=True)
 class Job:
-    """One row of a one-shot graph: its token ids, and which heads it ablates."""
+    """One row of a one-shot graph: its token ids and its interventions."""
 
     ids: np.ndarray  # (n,) int64
     head_mask: np.ndarray | None = None  # (L, nh) float32, 0 where a head is ablated; None: every head
+    steering: np.ndarray | None = None  # (L, C) float32, added before each block; None: no steering
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """One row of the resume graph: a residual stream (n, C) and its entry point (bundlespec)."""
+
+    stream: np.ndarray
+    entry: int
 
 
 @dataclass
@@ -132,10 +151,11 @@ class ModelRunner:
                     f"({want[0]} -> {want[1]})"
                 )
         decode_inputs, decode_outputs = GRAPHS["decode"].input_names(n_layer), GRAPHS["decode"].output_names(n_layer)
-        self._cache_inputs = decode_inputs[3:]  # key_cache_0.., value_cache_0..
+        self._cache_inputs = decode_inputs[4:]  # key_cache_0.., value_cache_0..
         self._cache_outputs = decode_outputs[1 : 1 + 2 * n_layer]  # present_key_0.., present_value_0..
         self._attention_outputs = decode_outputs[1 + 2 * n_layer :]
         self._bindings: dict[tuple, ort.IOBinding] = {}
+        self._all_heads = self._no_steering = np.zeros((0,), dtype=np.float32)  # grown by interventions()
         self._shrink, self._no_shrink = ort.RunOptions(), ort.RunOptions()
         arenas = "cpu:0;gpu:0" if providers[0] == CUDA else "cpu:0"
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
@@ -174,15 +194,46 @@ class ModelRunner:
 
     def _run_padded(self, name: str, jobs: Sequence[Job], min_length: int = 1) -> list[np.ndarray]:
         ids, mask = pad([j.ids for j in jobs], min_length)
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if HEAD_MASK in GRAPHS[name].input_names(self.bundle.arch.n_layer):
-            arch = self.bundle.arch
-            heads = np.ones((len(jobs), arch.n_layer, arch.n_head), dtype=np.float32)  # (B, L, nh)
-            for row, job in enumerate(jobs):
-                if job.head_mask is not None:
-                    heads[row] = job.head_mask
-            feed[HEAD_MASK] = heads
-        if ids.size < SHRINK_AFTER_TOKENS:
+        feed = {"input_ids": ids, "attention_mask": mask, **self.interventions(jobs)}
+        return self._feed(name, feed, ids.size)
+
+    def interventions(self, rows: Sequence[Intervened]) -> dict[str, np.ndarray]:
+        """The head_mask (B, L, nh) and steering (B, L, C) inputs for these rows: every head on and no
+        steering where a row asks for neither. A batch without interventions (the common case, at
+        every decode step) reuses one neutral array of each instead of filling new ones."""
+        B, arch = len(rows), self.bundle.arch
+        if len(self._all_heads) < B:
+            self._all_heads = np.ones((B, arch.n_layer, arch.n_head), dtype=np.float32)
+            self._no_steering = np.zeros((B, arch.n_layer, arch.d_model), dtype=np.float32)
+        inputs = {HEAD_MASK: self._all_heads[:B], STEERING: self._no_steering[:B]}
+        for name, field in ((HEAD_MASK, "head_mask"), (STEERING, "steering")):
+            if any(getattr(r, field) is not None for r in rows):
+                inputs[name] = inputs[name].copy()
+                for b, r in enumerate(rows):
+                    if getattr(r, field) is not None:
+                        inputs[name][b] = getattr(r, field)
+        return inputs
+
+    def resume(self, rows: Sequence[Resumed]) -> list[np.ndarray]:
+        """Run residual streams on from their entry points (activation patching): each row's (V,)
+        next-token log-probs, in order. Rows of similar length run together, as in run()."""
+        results: list = [None] * len(rows)
+        for group in group_by_length([len(r.stream) for r in rows], self.max_padding):
+            streams = [rows[i].stream for i in group]
+            longest = max(len(s) for s in streams)
+            stream = np.zeros((len(group), longest, self.bundle.arch.d_model), dtype=np.float32)
+            mask = np.zeros((len(group), longest), dtype=np.int64)
+            for row, s in enumerate(streams):
+                stream[row, : len(s)] = s
+                mask[row, : len(s)] = 1
+            entry = np.array([rows[i].entry for i in group], dtype=np.int64)
+            (logprobs,) = self._feed("resume", {"stream": stream, "attention_mask": mask, "entry": entry}, mask.size)
+            for j, i in enumerate(group):
+                results[i] = logprobs[j]
+        return results
+
+    def _feed(self, name: str, feed: dict[str, np.ndarray], tokens: int) -> list[np.ndarray]:
+        if tokens < SHRINK_AFTER_TOKENS:
             return self.sessions[name].run(None, feed)
         # A large batch: ONNX Runtime's arena would keep its peak (hundreds of MB, GBs for the logit
         # lens) for the life of the session. Shrinking the arena after the run hands it back, and
@@ -210,26 +261,26 @@ class ModelRunner:
         tokens: np.ndarray,
         positions: np.ndarray,
         caches: Bound,
-        head_mask: np.ndarray | None = None,
+        interventions: dict[str, np.ndarray] | None = None,
         attention: bool = False,
     ) -> Decoded:
         """One step: tokens, positions (B,); caches: the KV storage the step reads and writes in place
         (each layer's keys, then values, (B, nh, capacity, hs) on this runner's device, see
-        service/core/kvcache.py); head_mask (B, L, nh), every head on when None. attention: also
-        fetch each layer's weights.
+        service/core/kvcache.py); interventions: each row's head_mask and steering (see
+        interventions()), none when None. attention: also fetch each layer's weights.
 
         IO binding hands ONNX Runtime the storage's own memory for both the cache inputs and the
         present outputs, so nothing is copied in or out; the weights are computed either way (the
         softmax needs them) and cost only their copy out when fetched.
         """
-        if head_mask is None:
-            arch = self.bundle.arch
-            head_mask = np.ones((len(tokens), arch.n_layer, arch.n_head), dtype=np.float32)
+        if interventions is None:
+            interventions = self.interventions([Job(tokens[:0])] * len(tokens))
         session = self.sessions["decode"]
         binding = self._binding(caches, attention)
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(tokens.reshape(-1, 1), dtype=np.int64))
         binding.bind_cpu_input("positions", np.ascontiguousarray(positions, dtype=np.int64))
-        binding.bind_cpu_input(HEAD_MASK, np.ascontiguousarray(head_mask, dtype=np.float32))
+        for name in (HEAD_MASK, STEERING):
+            binding.bind_cpu_input(name, np.ascontiguousarray(interventions[name], dtype=np.float32))
         session.run_with_iobinding(binding)
         # Outputs in binding order; the caches (already in place) are skipped, not read back.
         fetched = binding.get_outputs()

@@ -205,7 +205,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             app.openapi_schema = None  # not started: kept only once the bounds are known
             return schema
         b = default.instance.bundle
-        fill_bounds(schema, model_bounds(b.vocab_size, b.arch.n_layer, b.arch.n_head))
+        fill_bounds(schema, model_bounds(b.vocab_size, b.arch.n_layer, b.arch.n_head, b.arch.d_model))
         return schema
     return app.openapi_schema
 

@@ -134,8 +134,8 @@ def test_attention_graph_output_is_exact_softmax(toy_bundle):
     session = ort.InferenceSession(str(toy_bundle / GRAPHS["attention"].file))
     ids = np.array([[5, 6, 7, 8, 0, 0]], dtype=np.int64)
     mask = np.array([[1, 1, 1, 1, 0, 0]], dtype=np.int64)
-    head_mask = np.ones((1, 2, 4), dtype=np.float32)
-    (w,) = session.run(None, {"input_ids": ids, "attention_mask": mask, "head_mask": head_mask})
+    head_mask, steering = np.ones((1, 2, 4), dtype=np.float32), np.zeros((1, 2, 32), dtype=np.float32)
+    (w,) = session.run(None, {"input_ids": ids, "attention_mask": mask, "head_mask": head_mask, "steering": steering})
     assert w.shape[:3] == (1, 2, 4) and w.shape[3:] == (6, 6)
     np.testing.assert_allclose(w[0, :, :, :4, :4].sum(-1), 1.0, atol=1e-6)
     assert not w[0, :, :, :, 4:].any()
@@ -182,8 +182,8 @@ def test_the_int8_variant_quantizes_next_token_and_score_and_keeps_attention_exa
     bundle = load_bundle(tmp_path / "int8")  # every hash checks out
     precision = {name: g.precision for name, g in bundle.manifest.graphs.items()}
     assert precision == {"next_token": "int8", "score": "int8", "attention": "float32", "logit_lens": "float32",
-                         "prefill": "float32", "decode": "float32", "copy": "float32",
-                         "resize_cache": "float32"}  # fmt: skip
+                         "activations": "float32", "resume": "float32", "prefill": "float32",
+                         "decode": "float32", "copy": "float32", "resize_cache": "float32"}  # fmt: skip
     assert bundle.name == "toy-int8"
     int8, fp32 = (
         ModelRunner(bundle, "cpu", max_padding=0.1),

@@ -2,8 +2,9 @@
 that the schema calls valid but the server rightly refuses is not generated as a "valid" one.
 
 Each rule is one the server documents and that depends on something outside the request's own
-shape: how many tokens a text has (the bundle's tokenizer against its context), a comparison of two
-fields, how many rows a request needs against the queue, or a tensor's data against its shape.
+shape: how many tokens a text has (the bundle's tokenizer against its context), a position against
+an input's length, a comparison of two fields, how many rows a request needs against the queue, or
+a tensor's data against its shape.
 Everything else is in the OpenAPI document.
 Set ATTNSERVE_BUNDLE to the served bundle's directory.
 """
@@ -68,6 +69,29 @@ def _completion_fits(body: dict[str, Any]) -> bool:
     return all(n <= budget for n in sizes)
 
 
+def _steer_fits(body: dict[str, Any]) -> bool:
+    """Steering entries given as texts: each text fits the context (the vectors' own length is in the schema)."""
+    steer = body.get("steer") if isinstance(body.get("steer"), list) else []
+    texts = [e["vector"] for e in steer if isinstance(e, dict) and isinstance(e.get("vector"), dict)]
+    return all(_tokens(t[k]) <= CONTEXT for t in texts for k in ("add", "subtract") if isinstance(t.get(k), str))
+
+
+def _lengths(body: dict[str, Any]) -> list[int]:
+    inputs = body.get("texts") if isinstance(body.get("texts"), list) else body.get("token_ids")
+    inputs = inputs if isinstance(inputs, list) else []
+    return [min(_tokens(x), CONTEXT) if isinstance(x, str) else len(x) for x in inputs if isinstance(x, str | list)]
+
+
+def _positions_fit(body: dict[str, Any]) -> bool:
+    """Activations and attribution: asked positions lie within every input; a target text is one token."""
+    positions = body.get("positions") if isinstance(body.get("positions"), list) else []
+    if isinstance(body.get("position"), int):
+        positions = [body["position"]]
+    if isinstance(body.get("target"), str) and _tokens(body["target"]) != 1:
+        return False
+    return all(p < n for n in _lengths(body) for p in positions if isinstance(p, int))
+
+
 def _tensors_agree(body: dict[str, Any]) -> bool:
     """KServe v2: each tensor's data holds as many elements as its shape says."""
     inputs = body.get("inputs")
@@ -107,11 +131,15 @@ def filter_case(context: Any, case: Any) -> bool:
         return True
     path = case.operation.path
     if path in ("/v1/next-token", "/v1/attention", "/v1/score", "/v1/logit-lens"):
-        return _fits(body)
+        return _fits(body) and _steer_fits(body)
+    if path in ("/v1/activations", "/v1/logit-attribution"):
+        return _fits(body) and _steer_fits(body) and _positions_fit(body)
+    if path == "/v1/steering-vector":
+        return all(_tokens(body[k]) <= CONTEXT for k in ("add", "subtract") if isinstance(body.get(k), str))
     if path == "/v1/head-importance":
         return _fits(body) and _importance_fits(body)
     if path == "/v1/completions":
-        return _completion_fits(body)
+        return _completion_fits(body) and _steer_fits(body)
     if path.endswith("/infer"):
         return _tensors_agree(body)
     return True

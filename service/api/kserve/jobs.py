@@ -1,100 +1,33 @@
-"""attnserve's jobs as Open Inference Protocol (KServe v2) models: each job's outputs, parameters and
-the call on the model that answers it. serving.py maps model names and requests onto these."""
+"""attnserve's reading jobs as Open Inference Protocol (KServe v2) models (interventions.py has the
+intervention jobs): each job's outputs, parameters and the call on the model that answers it.
+serving.py maps model names and requests onto MODELS."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bundlespec.graphs import LENS_TOP
 from service.api.budget import Reservation
-from service.api.kserve.codec import BYTES, Output, V2Error
-from service.core import jobs
-from service.core.inputs import Row, ablation_mask
-from service.core.instance import ModelInstance
-
-PAD_ID = -1  # token_ids padding: never a real token
-
-
-@dataclass(frozen=True)
-class TensorMeta:
-    name: str
-    datatype: str
-    shape: list[int]
-    description: str
-    optional: bool = False
-
-    def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    types: tuple[type, ...]  # the JSON types it takes; a bool counts only where bool is listed
-    description: str
-
-
-@dataclass(frozen=True)
-class V2Model:
-    name: str
-    description: str
-    outputs: list[TensorMeta]
-    params: list[Param]
-    run: Callable[[ModelInstance, list[Row], dict[str, Any], set[str], Reservation | None], Awaitable[list[Output]]]
-    # The large outputs' element counts for these rows, known before the run, so that the answer's
-    # bytes are reserved first (attention reserves its weights itself, once the layers are checked).
-    values: Callable[[ModelInstance, list[Row], dict[str, Any]], dict[str, int]]
-    classified: str | None = None  # the output that the classification extension applies to
-
-
-INPUTS = (
-    TensorMeta("text", BYTES, [-1], "UTF-8 texts, one per row (shape [-1] or [-1, 1])", optional=True),
-    TensorMeta("input_ids", "INT64", [-1, -1], "token ids, one row per input, instead of text", optional=True),
-    TensorMeta("attention_mask", "INT64", [-1, -1], "1 for the row's tokens, 0 for padding", optional=True),
+from service.api.kserve import interventions
+from service.api.kserve.codec import Output, V2Error
+from service.api.kserve.v2model import (
+    COMMON_PARAMS,
+    LENGTHS,
+    PAD_ID,
+    TOKEN_IDS,
+    Param,
+    TensorMeta,
+    V2Model,
+    edits,
+    index_list,
+    lengths,
+    token_ids,
 )
-INPUTS_BY_NAME = {t.name: t for t in INPUTS}
-MAX_INPUT_RANK = 2  # text may be [rows, 1]; input_ids and attention_mask are [rows, tokens]
-
-
-COMMON_PARAMS = [
-    Param("truncate", (bool,), "keep the last context_length tokens of a longer input instead of a 400"),
-    Param("ablate", (str,), 'heads to ablate, as "layer.head" pairs: "0.2,1.3" (their outputs are zeroed)'),
-]
-
-
-# Only ASCII digits are numbers here: str.isdigit() and int() also take "²", "٢" and "２".
-ASCII_INDEX = re.compile(r"[0-9]+")
-ASCII_PAIR = re.compile(r"([0-9]+)\.([0-9]+)")
-
-
-def _head_mask(model: ModelInstance, params: dict[str, Any]) -> np.ndarray | None:
-    """v2 parameters are scalars, so the heads to ablate come as "0.2,1.3"."""
-    value = params.get("ablate")
-    if not value:
-        return None
-    pairs = []
-    for part in value.split(","):
-        pair = ASCII_PAIR.fullmatch(part.strip())
-        if pair is None:
-            raise V2Error(f'parameter \'ablate\' takes "layer.head" pairs like "0.2,1.3", not {value!r}')
-        pairs.append((int(pair[1]), int(pair[2])))
-    return ablation_mask(model.bundle.arch, pairs, "ablate")
-
-
-def _lengths(rows: list[Row]) -> Output:
-    return Output("lengths", "INT64", np.array([len(r.ids) for r in rows], dtype=np.int64), (len(rows),))
-
-
-def _token_ids(rows: list[Row], width: int) -> Output:
-    ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, : len(r.ids)] = r.ids
-    return Output("token_ids", "INT64", ids, ids.shape)
+from service.core import jobs
+from service.core.inputs import Row
+from service.core.instance import ModelInstance
 
 
 async def _next_token(
@@ -103,10 +36,10 @@ async def _next_token(
     temperature = params.get("temperature", 1.0)
     if not 1e-3 <= temperature <= 100:
         raise V2Error(f"parameter 'temperature' must be between 0.001 and 100, not {temperature}")
-    logprobs = np.stack(await jobs.next_token_logprobs(model, rows, temperature, _head_mask(model, params))).astype(
+    logprobs = np.stack(await jobs.next_token_logprobs(model, rows, temperature, await edits(model, params))).astype(
         np.float32
     )
-    return [Output("next_token_logprobs", "FP32", logprobs, logprobs.shape), _lengths(rows)]
+    return [Output("next_token_logprobs", "FP32", logprobs, logprobs.shape), lengths(rows)]
 
 
 # Bytes held per weight of the padded answer: the float32 array, then its binary or JSON form.
@@ -116,7 +49,7 @@ ATTENTION_BYTES = 4 + 10
 async def _attention(
     model: ModelInstance, rows: list[Row], params: dict[str, Any], wanted: set[str], held: Reservation | None
 ) -> list[Output]:
-    layers, heads = (_index_list(params.get(p), p) for p in ("layers", "heads"))
+    layers, heads = (index_list(params.get(p), p) for p in ("layers", "heads"))
     width = max(len(r.ids) for r in rows)
 
     def reserve(returned: int) -> None:
@@ -124,9 +57,9 @@ async def _attention(
             padded = returned // sum(len(r.ids) ** 2 for r in rows) * len(rows) * width**2
             held.take(padded * ATTENTION_BYTES)
 
-    maps = await jobs.attention(model, rows, layers, heads, reserve, _head_mask(model, params))
+    maps = await jobs.attention(model, rows, layers, heads, reserve, await edits(model, params))
     layers_, heads_ = maps[0].layers, maps[0].heads
-    out = [_lengths(rows), _token_ids(rows, width)]
+    out = [lengths(rows), token_ids(rows, width)]
     out.append(Output("layers", "INT64", np.array(layers_, dtype=np.int64), (len(layers_),)))
     out.append(Output("heads", "INT64", np.array(heads_, dtype=np.int64), (len(heads_),)))
     if "attention_weights" in wanted:
@@ -141,19 +74,19 @@ async def _attention(
 async def _score(
     model: ModelInstance, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
 ) -> list[Output]:
-    scores = await jobs.score(model, rows, _head_mask(model, params))
+    scores = await jobs.score(model, rows, await edits(model, params))
     width = max(len(r.ids) for r in rows)
     logprobs = np.zeros((len(rows), max(width - 1, 0)), dtype=np.float32)
     for i, s in enumerate(scores):
         logprobs[i, : len(s.logprobs)] = s.logprobs
-    return [Output("token_logprobs", "FP32", logprobs, logprobs.shape), _lengths(rows), _token_ids(rows, width)]
+    return [Output("token_logprobs", "FP32", logprobs, logprobs.shape), lengths(rows), token_ids(rows, width)]
 
 
 async def _logit_lens(
     model: ModelInstance, rows: list[Row], params: dict[str, Any], wanted: set[str], _: Reservation | None
 ) -> list[Output]:
     top_k = params.get("top_k", 5)
-    lens = await jobs.logit_lens(model, rows, top_k, _head_mask(model, params))
+    lens = await jobs.logit_lens(model, rows, top_k, await edits(model, params))
     width = max(len(r.ids) for r in rows)
     depth = lens[0][0].shape[0]
     logprobs = np.zeros((len(rows), depth, width, top_k), dtype=np.float32)
@@ -164,7 +97,7 @@ async def _logit_lens(
     return [
         Output("lens_logprobs", "FP32", logprobs, logprobs.shape),
         Output("lens_token_ids", "INT64", ids, ids.shape),
-        _lengths(rows),
+        lengths(rows),
     ]
 
 
@@ -188,21 +121,6 @@ def _lens_values(model: ModelInstance, rows: list[Row], params: dict[str, Any]) 
     n = len(rows) * (model.bundle.arch.n_layer + 1) * max(len(r.ids) for r in rows) * top_k
     return {"lens_logprobs": n, "lens_token_ids": n}
 
-
-def _index_list(value: Any, name: str) -> list[int] | None:
-    """v2 parameters are scalars, so a list of indices comes as an int or as "0,2,3"."""
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return [value]
-    parts = [ASCII_INDEX.fullmatch(part.strip()) for part in value.split(",")]
-    if not all(parts):
-        raise V2Error(f'parameter {name!r} must be an index or comma-separated indices like "0,2", not {value!r}')
-    return [int(part[0]) for part in parts if part]
-
-
-LENGTHS = TensorMeta("lengths", "INT64", [-1], "tokens in each row (after truncation)")
-TOKEN_IDS = TensorMeta("token_ids", "INT64", [-1, -1], f"each row's tokens, padded with {PAD_ID}")
 
 MODELS: dict[str, V2Model] = {
     m.name: m
@@ -275,8 +193,6 @@ MODELS: dict[str, V2Model] = {
             _logit_lens,
             _lens_values,
         ),
+        *interventions.MODELS,
     )
 }
-
-# Parameters that tritonclient or the protocol itself sends; handled here, never passed on.
-PROTOCOL_PARAMS = {"binary_data_output"}

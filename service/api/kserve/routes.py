@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException
 from service.api.budget import reservation
 from service.api.deps import Registry, not_ready, note
 from service.api.kserve.codec import HEADER_LENGTH, InferRequestHeader, V2Error, decompress, parse_request
-from service.api.kserve.jobs import MAX_INPUT_RANK, MODELS
+from service.api.kserve.jobs import MODELS
 from service.api.kserve.serving import Target, V2Serving
+from service.api.kserve.v2model import MAX_INPUT_RANK
 from service.api.plugin import RETRY_AFTER, Protocol, core_problem
 from service.api.problems import summary
 from service.api.strict import ProtocolRoute

@@ -24,7 +24,8 @@ from service import __version__
 from service.api.budget import OFF_LOOP_BYTES, Reservation
 from service.api.deps import hold
 from service.api.kserve.codec import BYTES, InferRequest, Output, Tensor, V2Error, encode_response
-from service.api.kserve.jobs import INPUTS, INPUTS_BY_NAME, MODELS, PROTOCOL_PARAMS, V2Model
+from service.api.kserve.jobs import MODELS
+from service.api.kserve.v2model import INPUTS, INPUTS_BY_NAME, PROTOCOL_PARAMS, V2Model
 from service.core.errors import ModelNotFoundError
 from service.core.inputs import Row, input_rows
 from service.core.instance import ModelInstance

@@ -8,19 +8,27 @@ from fastapi import APIRouter, Request, Response
 
 from service.api.budget import reservation
 from service.api.deps import lease, note
-from service.api.native import lean, serving
+from service.api.native import interventions, lean, serving
 from service.api.native.errors import error_response, render_error
 from service.api.native.protocol import (
+    ActivationsRequest,
+    ActivationsResponse,
     AttentionRequest,
     AttentionResponse,
     HeadImportanceRequest,
     HeadImportanceResponse,
+    LogitAttributionRequest,
+    LogitAttributionResponse,
     LogitLensRequest,
     LogitLensResponse,
     NextTokenRequest,
     NextTokenResponse,
+    PatchRequest,
+    PatchResponse,
     ScoreRequest,
     ScoreResponse,
+    SteeringVectorRequest,
+    SteeringVectorResponse,
 )
 from service.api.plugin import Protocol
 from service.api.responses import ErrorResponse
@@ -87,6 +95,40 @@ async def head_importance(body: HeadImportanceRequest, request: Request) -> Head
     model = lease(request, body.model)
     note(request)["rows"] = body.count
     return await serving.head_importance(model, body)
+
+
+@router.post("/activations", response_model=ActivationsResponse, tags=["interventions"])
+async def activations(body: ActivationsRequest, request: Request) -> Response:
+    """What the residual stream and its parts held, per site, layer and position (TransformerLens's
+    run_with_cache, served)."""
+    model = lease(request, body.model)
+    note(request)["rows"] = body.count
+    content = await interventions.activations(model, body, reservation(request.scope))
+    return Response(content, media_type="application/json")
+
+
+@router.post("/patch", response_model=PatchResponse, tags=["interventions"])
+async def patch(body: PatchRequest, request: Request) -> dict[str, Any]:
+    """Activation patching: the answer's logit difference with one activation taken from the other
+    run, for every head and for every layer and position of each site, batched."""
+    model = lease(request, body.model)
+    note(request)["rows"] = 2
+    return await interventions.patching(model, body, reservation(request.scope))
+
+
+@router.post("/steering-vector", response_model=SteeringVectorResponse, tags=["interventions"])
+async def steering_vector(body: SteeringVectorRequest, request: Request) -> dict[str, Any]:
+    """The steering vector two texts make at a layer: the difference of their mean residual streams."""
+    note(request)["rows"] = 2
+    return await interventions.steering_vector(lease(request, body.model), body)
+
+
+@router.post("/logit-attribution", response_model=LogitAttributionResponse, tags=["interventions"])
+async def logit_attribution(body: LogitAttributionRequest, request: Request) -> dict[str, Any]:
+    """Direct logit attribution: a token's logit split into the embeddings, each head, each MLP and
+    the biases, through the final LayerNorm with its scale frozen."""
+    note(request)["rows"] = body.count
+    return await interventions.attribution(lease(request, body.model), body)
 
 
 # Every other path's errors take the native shape too (the default protocol); everything under /v1/

@@ -15,6 +15,7 @@ from service.api.native.protocol import (
     HeadImportanceResponse,
     HeadImportanceResult,
     Inputs,
+    Intervenable,
     LogitLensRequest,
     NextTokenRequest,
     ScoreRequest,
@@ -22,14 +23,19 @@ from service.api.native.protocol import (
     ScoreResult,
 )
 from service.core import jobs
-from service.core.inputs import Row, ablation_mask, input_rows
+from service.core.inputs import Interventions, Row, input_rows
 from service.core.instance import ModelInstance
 from service.core.jobs import NextTokens
+from service.core.steering import interventions
 from service.core.threads import off_loop
 
 
 async def rows(model: ModelInstance, req: Inputs) -> list[Row]:
     return await input_rows(model, req.texts, req.token_ids, req.truncate)
+
+
+async def edits(model: ModelInstance, req: Intervenable) -> Interventions:
+    return await interventions(model, req.ablate, req.steer_specs())
 
 
 async def next_token(model: ModelInstance, req: NextTokenRequest, reservation: Reservation | None = None) -> bytes:
@@ -40,9 +46,7 @@ async def next_token(model: ModelInstance, req: NextTokenRequest, reservation: R
     size = len(inputs) * min(req.top_k, model.bundle.vocab_size) * LENS_JSON_BYTES
     if reservation is not None:
         reservation.take(size)
-    results = await jobs.next_token(
-        model, inputs, req.top_k, req.temperature, ablation_mask(model.bundle.arch, req.ablate)
-    )
+    results = await jobs.next_token(model, inputs, req.top_k, req.temperature, await edits(model, req))
     if size < OFF_LOOP_BYTES:
         return _next_token_json(model, results)
     return await off_loop(_next_token_json, model, results)
@@ -73,8 +77,9 @@ async def attention(
 ) -> dict[str, Any]:
     """Plain data with numpy arrays, for orjson: a response can hold millions of floats."""
     reserve = (lambda n: reservation.take(n * ATTENTION_JSON_BYTES)) if reservation is not None else None
-    head_mask = ablation_mask(model.bundle.arch, req.ablate)
-    results = await jobs.attention(model, await rows(model, req), req.layers, req.heads, reserve, head_mask)
+    results = await jobs.attention(
+        model, await rows(model, req), req.layers, req.heads, reserve, await edits(model, req)
+    )
     text = model.token_text
     out = []
     for r in results:
@@ -106,7 +111,7 @@ def attention_json(answer: dict[str, Any]) -> bytes:
 
 
 async def score(model: ModelInstance, req: ScoreRequest) -> ScoreResponse:
-    results = await jobs.score(model, await rows(model, req), ablation_mask(model.bundle.arch, req.ablate))
+    results = await jobs.score(model, await rows(model, req), await edits(model, req))
     text = model.token_text
     out = []
     for r in results:
@@ -128,12 +133,12 @@ async def score(model: ModelInstance, req: ScoreRequest) -> ScoreResponse:
 async def logit_lens(model: ModelInstance, req: LogitLensRequest, reservation: Reservation | None = None) -> bytes:
     """The answer's bytes are reserved before anything runs, and a large answer is written off the event
     loop, one row at a time, so that no row's entries exist as Python objects all at once."""
-    head_mask = ablation_mask(model.bundle.arch, req.ablate)
     inputs = await rows(model, req)
+    changes = await edits(model, req)
     entries = sum(len(_lens_positions(r, req)) for r in inputs) * (model.bundle.arch.n_layer + 1) * req.top_k
     if reservation is not None:
         reservation.take(entries * LENS_JSON_BYTES)
-    lens = await jobs.logit_lens(model, inputs, req.top_k, head_mask)
+    lens = await jobs.logit_lens(model, inputs, req.top_k, changes)
     if entries * LENS_JSON_BYTES < OFF_LOOP_BYTES:
         return _lens_json(model, req, inputs, lens)
     return await off_loop(_lens_json, model, req, inputs, lens)

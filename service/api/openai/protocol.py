@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from bundlespec.graphs import TOP_LOGPROBS
-from service.api.schema import AblatedHead, HeadIndex, LayerIndex, TokenId
+from service.api.schema import STEER_DESCRIPTION, AblatedHead, HeadIndex, LayerIndex, SteerEntry, TokenId
+from service.core.steering import MAX_STEER_ENTRIES
 
 MAX_N = 16
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -78,6 +79,11 @@ class CompletionRequest(BaseModel):
         None,
         description="attnserve's extension: heads to ablate, as [layer, head] pairs, at every generated step (and "
         "in the echoed prompt's log-probs). Not in OpenAI's API.",
+    )
+    steer: list[SteerEntry] | None = Field(
+        None,
+        max_length=MAX_STEER_ENTRIES,
+        description="attnserve's extension: " + STEER_DESCRIPTION + " Not in OpenAI's API.",
     )
     # vLLM's extension fields, which the field's benchmark clients send. This model has no special
     # tokens (no end-of-text, no BOS), so the fields about them change nothing here.

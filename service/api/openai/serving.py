@@ -27,10 +27,11 @@ from service.api.openai.protocol import (
 from service.core import jobs
 from service.core.errors import InputError
 from service.core.generation import GenerationParams, GenerationStream, Step
-from service.core.inputs import Row, ablation_mask, input_rows, layer_head_indices
+from service.core.inputs import NONE, Row, input_rows, layer_head_indices
 from service.core.instance import ModelInstance
 from service.core.registry import Served
 from service.core.sampling import SamplingParams
+from service.core.steering import interventions
 
 TRACER = trace.get_tracer("attnserve")  # a no-op until the server sets up tracing (OTEL_* variables)
 
@@ -91,9 +92,15 @@ class CompletionRun:
         self.log = log if log is not None else {}
         self._span: Any = None
         self._started_ns = self._first_ns = 0
+        self.edits = NONE
 
     async def prompts(self, req: CompletionRequest) -> list[Row]:
+        """The request's prompts as rows; its interventions (ablated heads, steering) are checked and
+        kept for the generation and the echoed prompt's log-probs."""
         p, model = req.prompt, self.model
+        self.edits = await interventions(
+            model, req.ablate, None if req.steer is None else [e.spec() for e in req.steer]
+        )
         if isinstance(p, str):
             return await input_rows(model, [p], None, what="prompt")
         if all(isinstance(x, str) for x in p):
@@ -113,7 +120,6 @@ class CompletionRun:
                 c.finish_reason = "length"
             return choices, []
         sampling = SamplingParams(req.temperature, req.top_p, max(req.top_k, 0), req.min_p, req.repetition_penalty)
-        head_mask = ablation_mask(self.model.bundle.arch, req.ablate)
         attention = None
         if req.attention is not None:
             attention = layer_head_indices(self.model.bundle.arch, req.attention.layers, req.attention.heads)
@@ -143,7 +149,8 @@ class CompletionRun:
                 seed=None if req.seed is None else (req.seed % 2**64, c.index % req.n),
                 stop=req.stop_strings,
                 min_tokens=req.min_tokens,
-                head_mask=head_mask,
+                head_mask=self.edits.head_mask,
+                steering=self.edits.steering,
                 top_logprobs=req.logprobs or 0,
                 attention=attention,
             )
@@ -177,7 +184,7 @@ class CompletionRun:
         """echo with logprobs: the prompt's token log-probs, the first null (as /v1/score gives them)."""
         if not (req.echo and req.logprobs is not None):
             return [None] * len(rows)
-        scores = await jobs.score(self.model, rows, ablation_mask(self.model.bundle.arch, req.ablate))
+        scores = await jobs.score(self.model, rows, self.edits)
         out: list[Logprobs | None] = []
         for s in scores:
             ids = s.row.ids.tolist()
