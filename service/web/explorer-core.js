@@ -2,8 +2,9 @@
 // Attention comes from the KServe v2 route as binary float32 (8 MB for a full context, where JSON
 // would be about 20 MB of text to parse); scores from /v1/score, the next tokens from /v1/next-token,
 // and generation from /v1/completions, streamed, with the attention extension.
-// The state, the API and the page: explorer-core.js, the first of four plain scripts that share the
-// page's globals (then explorer-draw.js, explorer-interpret.js and explorer.js, which starts the page).
+// The state, the API and the page: explorer-core.js, the first of five plain scripts that share the
+// page's globals (then explorer-draw.js, explorer-interpret.js, explorer-intervene.js and explorer.js,
+// which starts the page).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -16,15 +17,17 @@ const SAMPLES = [
 // One colour per head, distinct in light and dark mode (Tableau 10).
 const HEAD_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
   "#9c755f", "#bab0ac"];
-const VIEWS = ["head", "model", "heatmap", "rollout", "generate", "lens", "importance"];
+const VIEWS = ["head", "model", "heatmap", "rollout", "generate", "lens", "importance", "patch", "attribution"];
 const EXPLAIN = {
   head: "Lines from each token (left) to the tokens it attends to (right), one colour per head; a line's strength is its weight. Hover over a token, or use the arrow keys, to see only its lines.",
   model: "Every layer × head as a small query × key heatmap (rows: queries, columns: keys; colour: the square root of the weight). Click one, or move with the arrow keys and press Enter, to open it large.",
   heatmap: "Query (row) × key (column) weights of one layer and head, or their mean over heads (colour: the square root of the weight). Keys after the query are masked by the causal mask and left blank. Hover, or use the arrow keys, for the exact float32 value.",
   rollout: "Attention rollout: each layer's head-averaged attention, plus the identity for the residual path, multiplied from the first layer up, estimates how much each position draws on each input token overall (Abnar and Zuidema, 2020).",
-  generate: "Generate tokens (greedy, streamed), then step through them: each new token's attention over its context, in the chosen layer, for the chosen head or the mean over heads.",
+  generate: "Generate tokens (greedy, streamed), then step through them: each new token's attention over its context, in the chosen layer, for the chosen head or the mean over heads. With a text to add (and one to subtract), the plain and the steered continuations are shown side by side.",
   lens: "The logit lens: what each layer predicts. Rows: the residual stream after the embeddings (top) and after each block, read through the final LayerNorm and the unembedding; columns: positions. Each cell is the most likely next token, coloured by its probability; hover for the top 5.",
   importance: "Head importance: for each layer (row) and head (column), the change in the mean log-probability of each next token when that head alone is switched off. Red: the model needs the head. Hover for the exact value; click a head to ablate it.",
+  patch: "Activation patching: the text above is the clean run; type a corrupted one of the same token count. Each cell puts one clean activation into the corrupted run (denoise) or the reverse (noise) and scores the answer's logit difference: 0 is the corrupted run's, 1 the clean run's. Top: each head's output; below: the chosen site at each layer and position. Click a cell for its numbers.",
+  attribution: "Direct logit attribution: the top next token's logit split into what the embeddings, each head, each MLP and the biases wrote into the residual stream, through the final LayerNorm with its scale frozen. Hover a bar for its value.",
 };
 
 const state = { text: "", layer: 0, head: 0, view: "head", hidden: new Set(), ablate: new Set() }; // ablate: "l.h"
@@ -137,7 +140,8 @@ async function run() {
     const s = score.results[0];
     data = {
       text: state.text, tokens: s.tokens, ids: s.token_ids, logprobs: s.logprobs, next: next.results[0].top,
-      lens: lens.results[0].lens, plainNext: plain ? plain.results[0].top : null, importance: null, ...att,
+      lens: lens.results[0].lens, plainNext: plain ? plain.results[0].top : null, importance: null,
+      attribution: null, patch: null, ...att,
     };
     rollout = null;
     gen = null;
@@ -145,6 +149,8 @@ async function run() {
     renderTokens();
     renderAblation();
     if (state.view === "importance") await fetchImportance();
+    if (state.view === "attribution") await fetchAttribution();
+    if (state.view === "patch") await fetchPatch();
     draw();
     setStatus("ready");
   } catch (e) {
@@ -178,6 +184,7 @@ async function generate() {
   setStatus("busy");
   hideError();
   try {
+    const steering = steeredContinuations(n);
     const r = await api("/v1/completions", {
       model: model.id, prompt: data.text, max_tokens: n, temperature: 0, stream: true, logprobs: 0,
       attention: { layers: [state.layer] },
@@ -206,6 +213,7 @@ async function generate() {
         draw();
       }
     }
+    await steering;
     setStatus("ready");
   } catch (e) {
     showError(e);

@@ -1,5 +1,5 @@
-// The attention explorer: the canvas views of attention (head, model, heatmap, rollout, generation). One of four plain scripts that share the page's globals
-// (index.html loads them in order: explorer-core, explorer-draw, explorer-interpret, explorer).
+// The attention explorer: the canvas views of attention (head, model, heatmap, rollout, generation). One of five plain scripts that share the page's globals
+// (index.html loads them in order: explorer-core, explorer-draw, explorer-interpret, explorer-intervene, explorer).
 "use strict";
 
 // -- drawing -------------------------------------------------------------------------------------
@@ -25,6 +25,9 @@ function draw() {
   $("explain").textContent = EXPLAIN[state.view];
   $("head-toggles").hidden = state.view !== "head";
   $("generate-controls").hidden = state.view !== "generate";
+  $("steer-controls").hidden = state.view !== "generate";
+  $("steer-compare").hidden = state.view !== "generate" || !steerEntry();
+  $("patch-controls").hidden = state.view !== "patch";
   $("gen-tokens").hidden = state.view !== "generate";
   $("layer").value = String(state.layer);
   $("head").value = String(state.head);
@@ -32,7 +35,7 @@ function draw() {
   const started = performance.now();
   ({
     head: drawHeadView, model: drawModelView, heatmap: drawHeatmap, rollout: drawRollout, generate: drawGeneration,
-    lens: drawLens, importance: drawImportance,
+    lens: drawLens, importance: drawImportance, patch: drawPatch, attribution: drawAttribution,
   })[state.view]();
   canvas.dataset.view = state.view;
   canvas.dataset.renderMs = (performance.now() - started).toFixed(1);

@@ -1,8 +1,8 @@
-// The attention explorer: the logit-lens and head-importance views, and switching heads off. One of four plain scripts that share the page's globals
-// (index.html loads them in order: explorer-core, explorer-draw, explorer-interpret, explorer).
+// The attention explorer: the logit-lens view, and switching heads off. One of five plain scripts that share the page's globals
+// (index.html loads them in order: explorer-core, explorer-draw, explorer-interpret, explorer-intervene, explorer).
 "use strict";
 
-// -- the logit lens and head importance ------------------------------------------------------------
+// -- the logit lens ------------------------------------------------------------
 
 const LENS = { label: 90, top: 24, row: 26 };
 
@@ -55,55 +55,6 @@ function lensAt(x, y) {
 function describeLens(c) {
   const top = data.lens[c.d][c.p].map((t) => `${readable(t.token)} ${(t.prob * 100).toFixed(1)}%`).join(", ");
   return `depth ${c.d}, after ${JSON.stringify(data.tokens[c.p])} (#${c.p}): ${top}`;
-}
-
-const IMPORTANCE = { label: 70, top: 24, cell: 40 };
-
-function drawImportance() {
-  const L = model.n_layer;
-  const H = model.n_head;
-  const { label, top, cell } = IMPORTANCE;
-  resize(label + H * cell + 8, top + L * cell + 8);
-  ctx.font = "12px system-ui, sans-serif";
-  ctx.textBaseline = "middle";
-  ctx.fillStyle = cssColour("--fg");
-  ctx.textAlign = "left";
-  if (!data.importance) {
-    ctx.fillText(data.tokens.length < 2 ? "head importance needs at least two tokens" : "loading…", 4, 12);
-    return;
-  }
-  ctx.fillText("change in mean log p(next token) with the head off (rows: layers, columns: heads)", 4, 12);
-  const worst = Math.max(1e-9, ...data.importance.flat().map(Math.abs));
-  for (let l = 0; l < L; l++) {
-    ctx.fillStyle = cssColour("--fg");
-    ctx.textAlign = "right";
-    ctx.fillText(`layer ${l}`, label - 6, top + l * cell + cell / 2);
-    for (let h = 0; h < H; h++) {
-      const v = data.importance[l][h];
-      const t = Math.min(1, Math.abs(v) / worst);
-      // Red where the model needs the head (the log-probability falls without it), blue where it gains.
-      ctx.fillStyle = v < 0 ? `hsl(0, 80%, ${95 - 45 * t}%)` : `hsl(215, 80%, ${95 - 45 * t}%)`;
-      ctx.fillRect(label + h * cell, top + l * cell, cell - 1, cell - 1);
-      if (state.ablate.has(`${l}.${h}`)) {
-        ctx.strokeStyle = "#1b1f24";
-        ctx.lineWidth = 2;
-        ctx.strokeRect(label + h * cell + 3, top + l * cell + 3, cell - 7, cell - 7);
-      }
-    }
-  }
-  if (hover && hover.kind === "head") {
-    ctx.strokeStyle = cssColour("--accent");
-    ctx.lineWidth = 2;
-    ctx.strokeRect(label + hover.h * cell, top + hover.l * cell, cell - 1, cell - 1);
-  }
-}
-
-function importanceAt(x, y) {
-  const { label, top, cell } = IMPORTANCE;
-  const h = Math.floor((x - label) / cell);
-  const l = Math.floor((y - top) / cell);
-  if (!data.importance || h < 0 || h >= model.n_head || l < 0 || l >= model.n_layer) return null;
-  return { kind: "head", l, h };
 }
 
 function toggleAblation(key, on) {

@@ -1,5 +1,5 @@
-// The attention explorer: export, the controls' wiring and the start. One of four plain scripts that share the page's globals
-// (index.html loads them in order: explorer-core, explorer-draw, explorer-interpret, explorer).
+// The attention explorer: export, the controls' wiring and the start. One of five plain scripts that share the page's globals
+// (index.html loads them in order: explorer-core, explorer-draw, explorer-interpret, explorer-intervene, explorer).
 "use strict";
 
 // -- export --------------------------------------------------------------------------------------
@@ -27,6 +27,8 @@ function viewData() {
   if (state.view === "rollout") return { ...base, rollout: matrix(rolloutValue) };
   if (state.view === "lens") return { ...base, ablate: ablatePairs(), lens: data.lens };
   if (state.view === "importance") return { ...base, importance: data.importance };
+  if (state.view === "patch") return { ...base, patch: data.patch };
+  if (state.view === "attribution") return { ...base, attribution: data.attribution };
   return { ...base, layer: gen ? gen.layer : state.layer, generated: gen ? gen.steps : [] };
 }
 
@@ -37,9 +39,10 @@ function setView(view) {
   hover = null;
   saveUrl();
   draw();
-  if (view === "importance" && data && !data.importance) {
+  const fetches = { importance: fetchImportance, attribution: fetchAttribution };
+  if (fetches[view] && data && !data[view]) {
     setStatus("busy");
-    fetchImportance().then(() => { draw(); setStatus("ready"); }).catch(showError);
+    fetches[view]().then(() => { draw(); setStatus("ready"); }).catch(showError);
   }
 }
 
@@ -58,10 +61,13 @@ function onMove(e) {
   if (state.view === "model") found = modelViewMap(x, y);
   if (state.view === "heatmap" || state.view === "rollout") found = matrixCell(x, y);
   if (state.view === "lens") found = lensAt(x, y);
-  if (state.view === "importance") found = importanceAt(x, y);
+  if (["importance", "patch"].includes(state.view)) found = gridAt(x, y);
+  if (state.view === "attribution") found = attributionAt(x, y);
   if (found && found.kind === "cell") text = describeCell(found);
   if (found && found.kind === "lens") text = describeLens(found);
-  if (found && found.kind === "head") text = `layer ${found.l}, head ${found.h}: ${data.importance[found.l][found.h]} (click to ablate)`;
+  if (found && found.kind === "importance") text = describeImportance(found);
+  if (found && found.kind.startsWith("patch-")) text = describePatch(found);
+  if (found && found.kind === "bar") text = describeBar(found);
   if (found && found.kind === "map") text = `layer ${found.layer}, head ${found.head}: click to open`;
   if (found && found.kind === "row") text = `${found.side} ${found.index}: ${JSON.stringify(data.tokens[found.index])}`;
   if (JSON.stringify(found) !== JSON.stringify(hover)) {
@@ -116,6 +122,7 @@ function buildModelControls() {
   for (let h = 0; h < model.n_head; h++) head.append(new Option(String(h), String(h)));
   head.append(new Option("mean over heads", "mean"));
   head.value = String(state.head);
+  buildSteerControls();
   const toggles = $("head-toggles");
   toggles.replaceChildren(Object.assign(document.createElement("legend"), { textContent: "Heads shown" }));
   state.hidden = new Set([...state.hidden].filter((h) => h < model.n_head));
@@ -190,6 +197,12 @@ function wire() {
     draw();
   });
   $("generate").addEventListener("click", generate);
+  $("patch").addEventListener("click", () => {
+    setStatus("busy");
+    hideError();
+    fetchPatch().then(() => { draw(); setStatus("ready"); }).catch(showError);
+  });
+  $("patch-site").addEventListener("change", draw);
   $("step").addEventListener("input", draw);
   $("export-png").addEventListener("click", () => canvas.toBlob((b) => download(b, `attention-${state.view}.png`)));
   $("export-json").addEventListener("click", () => {
@@ -205,8 +218,13 @@ function wire() {
   });
   canvas.addEventListener("click", (e) => {
     if (state.view === "importance" && data) {
-      const at = importanceAt(...pointer(e));
-      if (at) toggleAblation(`${at.l}.${at.h}`, !state.ablate.has(`${at.l}.${at.h}`));
+      const at = gridAt(...pointer(e));
+      if (at) toggleAblation(`${at.r}.${at.c}`, !state.ablate.has(`${at.r}.${at.c}`));
+      return;
+    }
+    if (state.view === "patch" && data && data.patch) {
+      const at = gridAt(...pointer(e));
+      if (at) $("cell").textContent = describePatch(at);
       return;
     }
     if (state.view !== "model" || !data) return;

@@ -386,14 +386,91 @@ def test_the_head_importance_view_matches_the_api_and_a_click_ablates(page):
     page.page.wait_for_function("() => document.getElementById('canvas').dataset.view === 'importance'")
     page.wait()
     (want,) = api(page.server, "/v1/head-importance", {"texts": ["we do like like."]})["results"]
-    box = page.page.locator("#canvas").bounding_box()
-    x, y = box["x"] + 70 + 2.5 * 40, box["y"] + 24 + 0.5 * 40  # layer 0, head 2
+    x, y = grid_point(page, "importance", 0, 2)
     page.page.mouse.move(x, y)
     tip = page.page.inner_text("#tooltip")
     assert (
         tip.startswith("layer 0, head 2: ")
         and abs(float(tip.split(": ")[1].split()[0]) - want["importance"][0][2]) < 1e-9
     )
+    # Its whole title, a label for every layer and head, and a colour scale with its units.
+    (grid,) = json.loads(page.page.get_attribute("#canvas", "data-grids"))
+    assert titles_fit(page) and "nats" in grid["units"] and (grid["rows"], grid["cols"]) == (2, 4)
     page.page.mouse.click(x, y)
     page.page.wait_for_function("() => new URLSearchParams(location.search).get('ablate') === '0.2'")
     assert page.page.is_checked('#ablate input[data-head="0.2"]') and page.errors == []
+
+
+def grid_point(page: Page, kind: str, r: int, c: int) -> tuple[float, float]:
+    """Where on the screen a labelled heatmap's cell (row r, column c) is, from the drawing's own layout."""
+    grids = json.loads(page.page.get_attribute("#canvas", "data-grids"))
+    g = next(g for g in grids if g["kind"] == kind)
+    # The canvas scrolls inside its frame: bring the cell into view first.
+    page.page.evaluate(
+        """(y) => { const w = document.querySelector('.canvas-wrap');
+            w.scrollIntoView({block: 'start'}); w.scrollTop = Math.max(0, y - 100); }""",
+        g["y0"] + r * g["cell"],
+    )
+    box = page.page.locator("#canvas").bounding_box()
+    return box["x"] + g["x0"] + (c + 0.5) * g["cell"], box["y"] + g["y0"] + (r + 0.5) * g["cell"]
+
+
+def titles_fit(page: Page) -> bool:
+    """Every heatmap title on the canvas fits inside it, in the font it is drawn with."""
+    return page.page.evaluate(
+        """() => { const c = document.getElementById('canvas');
+            const m = document.createElement('canvas').getContext('2d');
+            m.font = '13px system-ui, sans-serif';
+            const grids = JSON.parse(c.dataset.grids);
+            return grids.length > 0 && grids.every(g => m.measureText(g.title).width + 4 <= c.clientWidth); }"""
+    )
+
+
+def test_the_patching_view_draws_both_heatmaps_and_a_click_gives_the_cells_numbers(page):
+    page.open(f"text={quote('we not like')}&view=patch")
+    page.page.fill("#patch-corrupted", "we do like")
+    page.page.click("#patch")
+    page.page.wait_for_function("() => document.getElementById('canvas').dataset.grids?.includes('patch-heads')")
+    page.wait()
+    want = api(page.server, "/v1/patch", {"clean": "we not like", "corrupted": "we do like"})
+    grids = json.loads(page.page.get_attribute("#canvas", "data-grids"))
+    assert [g["kind"] for g in grids] == ["patch-heads", "patch-positions"] and titles_fit(page)
+    assert all("0 is the corrupted run" in g["units"] for g in grids) and page.canvas_colours() > 5
+    page.page.mouse.click(*grid_point(page, "patch-heads", 0, 2))
+    cell = page.page.inner_text("#cell")
+    assert cell.startswith("layer 0, head 2:") and str(want["sites"]["heads"]["score"][0][2]) in cell
+    page.page.select_option("#patch-site", "mlp_out")
+    page.page.mouse.click(*grid_point(page, "patch-positions", 0, 1))
+    cell = page.page.inner_text("#cell")
+    assert cell.startswith("mlp_out, layer 0, position 1") and str(want["sites"]["mlp_out"]["logit_diff"][0][1]) in cell
+    assert page.errors == []
+
+
+def test_the_attribution_view_shows_each_part_of_the_logit(page):
+    page.open(f"text={quote('we not like')}&view=attribution")
+    page.page.wait_for_function("() => document.getElementById('canvas').dataset.titles?.includes('attribution')")
+    page.wait()
+    (want,) = api(page.server, "/v1/logit-attribution", {"texts": ["we not like"]})["results"]
+    box = page.page.locator("#canvas").bounding_box()
+    page.page.mouse.move(box["x"] + 200, box["y"] + 30 + 3.5 * 16)  # the fourth bar: head 0.2
+    tip = page.page.inner_text("#tooltip")
+    assert tip.startswith("head 0.2: ") and str(want["heads"][0][2]) in tip and page.errors == []
+
+
+def test_steering_in_the_generate_view_shows_plain_and_steered_side_by_side(page):
+    page.open(f"text={quote('we not like')}&view=generate")
+    page.page.fill("#gen-n", "4")
+    page.page.fill("#steer-add", " do")
+    page.page.fill("#steer-subtract", " not")
+    page.page.select_option("#steer-layer", "0")
+    page.page.fill("#steer-scale", "1.5")
+    page.page.click("#generate")
+    page.page.wait_for_function("() => document.getElementById('steered-text').textContent !== ''")
+    page.wait()
+    body = {"prompt": "we not like", "max_tokens": 4, "temperature": 0, "ablate": []}
+    steer = [{"layer": 0, "vector": {"add": " do", "subtract": " not"}, "scale": 1.5}]
+    plain = api(page.server, "/v1/completions", body)["choices"][0]["text"]
+    steered = api(page.server, "/v1/completions", {**body, "steer": steer})["choices"][0]["text"]
+    assert page.page.inner_text("#plain-text") == plain.strip() or page.page.text_content("#plain-text") == plain
+    assert page.page.text_content("#steered-text") == steered and steered != plain
+    assert page.errors == []
