@@ -18,7 +18,7 @@ SWEEP_TOKENS = 64
 STREAMS = (1, 8, 32)
 
 
-def interventions_bench(bundle_dir: Path, work: Path, reps: int = 3) -> dict:
+def interventions_bench(bundle_dir: Path, work: Path, reps: int = 5) -> dict:
     import httpx
 
     server = Server("interventions", [sys.executable, "-m", "service"], service_env(bundle_dir), work)
@@ -88,15 +88,19 @@ def _activations(http, bundle_dir: Path, reps: int) -> dict:
     return out
 
 
-async def _steering(url: str, tokens: int = 64) -> dict:
+async def _steering(url: str, tokens: int = 128, rounds: int = 3) -> dict:
     """Decode throughput with every stream steered against none, at each stream count: greedy
-    completions of `tokens` tokens, alternating plain and steered rounds, best of two each."""
+    completions of `tokens` tokens, alternating plain and steered rounds, best of `rounds` each. The
+    vector is sent as numbers (from /v1/steering-vector, as a client that reuses one does), so that
+    what is measured is the decode step's cost, not deriving the vector from texts."""
     import httpx
 
-    steer = [{"layer": 1, "vector": {"add": " love", "subtract": " hate"}, "scale": 2.0}]
     base = {"prompt": "ROMEO:", "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
     out = {}
     async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+        texts = {"layer": 1, "add": " love", "subtract": " hate"}
+        vector = (await http.post("/v1/steering-vector", json=texts)).raise_for_status().json()["vector"]
+        steer = [{"layer": 1, "vector": vector, "scale": 2.0}]
 
         async def round_(streams: int, steered: bool) -> float:
             body = {**base, **({"steer": steer} if steered else {})}
@@ -106,10 +110,11 @@ async def _steering(url: str, tokens: int = 64) -> dict:
             done = sum(a.raise_for_status().json()["usage"]["completion_tokens"] for a in answers)
             return done / elapsed
 
-        await round_(4, True)  # warm-up
         for streams in STREAMS:
+            await round_(streams, False)  # warm-up: the batch shapes of this many streams
+            await round_(streams, True)
             plain, steered = [], []
-            for _ in range(2):
+            for _ in range(rounds):
                 plain.append(await round_(streams, False))
                 steered.append(await round_(streams, True))
             out[str(streams)] = {"plain_tokens_per_s": max(plain), "steered_tokens_per_s": max(steered)}
