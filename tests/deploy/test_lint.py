@@ -79,6 +79,8 @@ def test_the_lock_files_pin_every_dependency_with_hashes():
 
     serve = pinned("serve.txt")
     assert names(project["dependencies"]) <= set(serve)
+    # torch and transformers are export-time tools: the serving install has neither.
+    assert not {"torch", "transformers"} & (set(serve) | set(pinned("image-cpu.txt")) | set(pinned("image-gpu.txt")))
     dev = pinned("dev.txt")
     extras = [r for group in ("train", "test", "loadtest") for r in project["optional-dependencies"][group]]
     assert names(extras) - {"torch"} <= set(dev) and "torch" not in dev  # torch comes first, on its own
