@@ -3,12 +3,13 @@
     attnserve serve [--port 8000 --model-repository bundles ...]   the server (python -m service)
     attnserve train --corpus PATH_OR_URL --out runs/default        train a model (python -m model)
     attnserve export --checkpoint runs/default/checkpoint.pt ...   a checkpoint to a bundle (python -m export)
+    attnserve import --from DIR --name NAME                        a GPT-2 checkpoint in (python -m export.hf_import)
     attnserve bench [--only SECTION]                               the benchmarks (python -m benchmarks)
 
 `serve` takes flags for the settings users change most; each sets the environment variable of the
 same name, so every other setting still comes from the environment (or .env), and WORKERS' processes
 inherit them all. The other subcommands hand their arguments to their module unchanged: each has its
-own --help. train, export and bench need the development install (torch; `make test` makes it).
+own --help. train, export, import and bench need the development install (torch; `make test` makes it).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ SERVE_FLAGS = (
 DELEGATED = {
     "train": ("model.__main__", "train a model on a corpus and save its checkpoint (python -m model)"),
     "export": ("export.__main__", "export a checkpoint to a verified model bundle (python -m export)"),
+    "import": (
+        "export.hf_import",
+        "import a GPT-2-family transformers checkpoint as a bundle of the repository (python -m export.hf_import)",
+    ),
     "bench": ("benchmarks.__main__", "run the benchmarks and write BENCHMARKS.md (python -m benchmarks)"),
 }
 

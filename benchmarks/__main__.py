@@ -24,6 +24,7 @@ from benchmarks.generation import generation_bench
 from benchmarks.int8 import int8_bench
 from benchmarks.report import machine_info, write_reports
 from loadtest.aiperf import aiperf_bench
+from loadtest.gpt2_small import gpt2_small_bench
 from loadtest.harness import ROOT
 from loadtest.interventions import interventions_bench
 from loadtest.serving import (
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             "workers",
             "interpretability",
             "interventions",
+            "gpt2",
             "aiperf",
         ],
         help="re-run one section (kserve: the service and Triton on the same v2 requests) and rewrite the report",
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["interpretability"] = interpretability_bench(args.bundle, Path(tmp))
             elif args.only == "interventions":
                 results["interventions"] = interventions_bench(args.bundle, Path(tmp))
+            elif args.only == "gpt2":
+                results["gpt2_small"] = gpt2_small_bench(Path(tmp), args.corpus)
             elif args.only == "int8":
                 results["int8"] = int8_bench(args.bundle, Path(tmp), args.corpus)
             elif args.only == "explorer":
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         results["workers"] = workers_bench(args.bundle, args.seconds, work)
         results["interpretability"] = interpretability_bench(args.bundle, work)
         results["interventions"] = interventions_bench(args.bundle, work)
+        results["gpt2_small"] = gpt2_small_bench(work, args.corpus)
         results["aiperf"] = aiperf_bench(args.bundle, work)
         results["generation"] = generation_bench(args.bundle)
         results["payload"] = payload_bench(args.bundle, work)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -38,6 +38,11 @@ class Architecture(BaseModel):
     # The epsilon inside every LayerNorm's square root: direct logit attribution divides by the
     # final LayerNorm's scale, which it recomputes from the residual stream.
     layer_norm_eps: float = Field(1e-5, gt=0)
+    # The choices a GPT-2-family checkpoint needs (export/hf_import.py); the defaults are the lectures'.
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"  # fixed sine/cosine codes, or a learned table
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"  # the MLP's GELU: exact (erf), or GPT-2's tanh form
+    embedding_scale: bool = True  # token embeddings times sqrt(d_model) before the positions are added
+    tied_head: bool = True  # the output layer is the token embedding (else its own weight, lm_head)
 
     @model_validator(mode="after")
     def _heads_divide_the_width(self) -> Architecture:

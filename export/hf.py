@@ -10,7 +10,8 @@ LayerNorm and a linear head without bias. Its positions are a learned table adde
 embeddings, and a table can hold our sine/cosine codes as they are (`wpe`). We scale the token
 embeddings by sqrt(d_model) before adding the positions: GPT-2 does not, so the scale is folded into
 `wte`. Our head is tied to the unscaled embeddings, so GPT-2's head is untied and holds them
-(`tie_word_embeddings: false`). Q, K and V are one Conv1D (`c_attn`, weights stored input-major) whose
+(`tie_word_embeddings: false`). A model imported from GPT-2 (export/hf_import.py) goes back the same
+way, with its own table, GELU and head. Q, K and V are one Conv1D (`c_attn`, weights stored input-major) whose
 output splits into q, k, v and then into heads in our order, so the three projections concatenate.
 """
 
@@ -37,10 +38,10 @@ def gpt2_state(model: AttentionLM) -> dict[str, torch.Tensor]:
     """GPT2LMHeadModel's parameters holding this model's weights (see the module's doc)."""
     state = {
         "transformer.wte.weight": model.tok_emb.weight * model.emb_scale,
-        "transformer.wpe.weight": model.pos_enc,
+        "transformer.wpe.weight": model.pos_emb.weight if model.cfg.positions == "learned" else model.pos_enc,
         "transformer.ln_f.weight": model.ln_f.weight,
         "transformer.ln_f.bias": model.ln_f.bias,
-        "lm_head.weight": model.tok_emb.weight,
+        "lm_head.weight": model.unembedding(),
     }
     for i, block in enumerate(model.blocks):
         at = f"transformer.h.{i}."
@@ -74,7 +75,8 @@ def gpt2_config(model: AttentionLM):  # noqa: ANN201 (transformers is imported h
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
         n_inner=4 * cfg.d_model,
-        activation_function="gelu",  # exact (erf) GELU, as F.gelu's default; GPT-2's own is the tanh form
+        # exact (erf) GELU, F.gelu's default, or GPT-2's own tanh form for a model imported from it
+        activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,

@@ -174,9 +174,10 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.d_model, 4 * cfg.d_model)
         self.down = nn.Linear(4 * cfg.d_model, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))
+        return self.dropout(self.down(F.gelu(self.up(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
@@ -211,12 +212,17 @@ class AttentionLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.register_buffer("pos_enc", sinusoidal_positions(cfg.context_length, cfg.d_model), persistent=False)
+        if cfg.positions == "learned":  # a GPT-2-family checkpoint's table (export/hf_import.py)
+            self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model)
+        else:
+            self.register_buffer("pos_enc", sinusoidal_positions(cfg.context_length, cfg.d_model), persistent=False)
+        if not cfg.tied_head:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         # Scaling the embeddings by sqrt(C) puts tokens and positional codes on the same scale.
-        self.emb_scale = math.sqrt(cfg.d_model)
+        self.emb_scale = math.sqrt(cfg.d_model) if cfg.embedding_scale else 1.0
         self.apply(self._init_weights)
         # Residual projections start small so the residual stream's variance does not grow with depth.
         for name, p in self.named_parameters():
@@ -227,13 +233,15 @@ class AttentionLM(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:  # the untied head (lm_head) has none
+                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Token embeddings scaled by sqrt(C), plus each position's sine/cosine code: (..., C)."""
-        return self.tok_emb(input_ids) * self.emb_scale + self.pos_enc[positions]
+        table = self.pos_emb.weight if self.cfg.positions == "learned" else self.pos_enc
+        return self.tok_emb(input_ids) * self.emb_scale + table[positions]
 
     def hidden_states(
         self,
@@ -422,8 +430,12 @@ class AttentionLM(nn.Module):
         return self.ln_f(x[:, 0]), keys, values, weights
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Output layer tied to the token embedding: (..., C) -> (..., vocab)."""
-        return hidden @ self.tok_emb.weight.T
+        """The output layer (tied to the token embedding unless the architecture says not): (..., C) -> (..., V)."""
+        return hidden @ self.unembedding().T
+
+    def unembedding(self) -> torch.Tensor:
+        """(vocab, C): the output layer's weight."""
+        return self.tok_emb.weight if self.cfg.tied_head else self.lm_head.weight
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None):
         """Training entry point: logits (B, T, V) and, with targets, the mean cross-entropy."""

@@ -48,9 +48,10 @@ def test_a_bad_flag_value_is_refused_with_the_setting_named():
 def test_every_subcommand_has_help():
     listed = run("--help")
     assert listed.returncode == 0
-    for sub in ("serve", "train", "export", "bench"):
+    for sub in ("serve", "train", "export", "import", "bench"):
         assert sub in listed.stdout
         shown = run(sub, "--help")
         assert shown.returncode == 0 and shown.stdout.startswith("usage:"), (sub, shown.stderr)
     assert "--model-repository" in run("serve", "--help").stdout
     assert "--checkpoint" in run("export", "--help").stdout
+    assert "--from" in run("import", "--help").stdout

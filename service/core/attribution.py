@@ -3,7 +3,7 @@
 The residual stream after the last block is a sum of parts: the embeddings (token and position),
 each head's output (its attention-weighted sum of values through its slice of W_O), each attention
 layer's W_O bias, each MLP's output and, when the request steers, the steering vectors. The logit
-of token t at position p is LN_f(x) . u_t, with u_t the token's row of the (tied) unembedding and
+of token t at position p is LN_f(x) . u_t, with u_t the token's row of the unembedding and
 
     LN_f(x) = (x - mean(x)) / sigma * gamma + beta,    sigma = sqrt(var(x) + eps).
 
@@ -69,7 +69,7 @@ def _attribute(
     bundle, arch = model.bundle, model.bundle.arch
     resid, _, mlp_out, z = (o.astype(np.float64) for o in outputs)
     gamma, beta = (bundle.weight(f"ln_f.{n}").astype(np.float64) for n in ("weight", "bias"))
-    unembed = bundle.weight("tok_emb.weight")  # (V, C): the head is tied to the token embedding
+    unembed = bundle.weight("tok_emb.weight" if arch.tied_head else "lm_head.weight")  # (V, C)
     x = resid[-1, p]  # (C,): the stream the final LayerNorm reads
     sigma = np.sqrt(x.var() + arch.layer_norm_eps)
     if target is None:
