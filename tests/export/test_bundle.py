@@ -167,11 +167,11 @@ def test_verification_catches_a_decode_graph_that_ignores_the_cache(toy, tmp_pat
 
     model, tokenizer = toy
     write_bundle(model, tokenizer.to_str(), {}, tmp_path / "b", name="t", version="1")
-    verify_generation(model, tmp_path / "b", trials=1, rng=np.random.default_rng(0))
+    verify_generation(model, tmp_path / "b", trials=1, rng=np.random.default_rng(0), span=model.cfg.context_length)
     with torch.no_grad():
         model.blocks[-1].attn.w_v.weight.mul_(1.5)  # changes what cached values mean
     with pytest.raises(ParityError, match="decode"):
-        verify_generation(model, tmp_path / "b", trials=1, rng=np.random.default_rng(0))
+        verify_generation(model, tmp_path / "b", trials=1, rng=np.random.default_rng(0), span=model.cfg.context_length)
 
 
 def test_the_int8_variant_quantizes_next_token_and_score_and_keeps_attention_exact(toy_bundle, tmp_path):

@@ -16,7 +16,7 @@ from service.api.native.protocol import (
     PatchRequest,
     SteeringVectorRequest,
 )
-from service.api.native.serving import edits, rows
+from service.api.native.serving import edits, rows, tokens
 from service.core import jobs
 from service.core.attribution import logit_attribution
 from service.core.errors import InputError
@@ -47,11 +47,9 @@ async def activations(model: ModelInstance, req: ActivationsRequest, reservation
 
 
 def _activations_json(model: ModelInstance, results: list[jobs.ActivationSet]) -> bytes:
-    text = model.token_text
     out = []
     for r in results:
-        ids = r.row.ids.tolist()
-        head = {"tokens": [text[t] for t in ids], "token_ids": ids, "layers": r.layers, "positions": r.positions}
+        head = {**tokens(model, r.row.ids), "layers": r.layers, "positions": r.positions}
         sites = b",".join(
             orjson.dumps(site) + b":" + orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
             for site, values in r.sites.items()
@@ -97,8 +95,7 @@ async def patching(model: ModelInstance, req: PatchRequest, reservation: Reserva
     text = model.token_text
 
     def run(row_ids: np.ndarray, logit_diff: float) -> dict[str, Any]:
-        ids = row_ids.tolist()
-        return {"tokens": [text[t] for t in ids], "token_ids": ids, "logit_diff": logit_diff}
+        return {**tokens(model, row_ids), "logit_diff": logit_diff}
 
     correct, incorrect = result.answer
     return {
@@ -128,11 +125,9 @@ async def attribution(model: ModelInstance, req: LogitAttributionRequest) -> dic
     text = model.token_text
     out = []
     for r in results:
-        ids = r.row.ids.tolist()
         out.append(
             {
-                "tokens": [text[t] for t in ids],
-                "token_ids": ids,
+                **tokens(model, r.row.ids),
                 "position": r.position,
                 "target": {"token": text[r.target], "token_id": r.target},
                 "logit": r.logit,

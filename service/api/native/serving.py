@@ -34,6 +34,12 @@ async def rows(model: ModelInstance, req: Inputs) -> list[Row]:
     return await input_rows(model, req.texts, req.token_ids, req.truncate)
 
 
+def tokens(model: ModelInstance, ids: np.ndarray) -> dict[str, list]:
+    """A row's "tokens" (each decoded to text) and "token_ids", as every native answer gives them."""
+    listed = ids.tolist()
+    return {"tokens": [model.token_text[t] for t in listed], "token_ids": listed}
+
+
 async def edits(model: ModelInstance, req: Intervenable) -> Interventions:
     return await interventions(model, req.ablate, req.steer_specs())
 
@@ -80,19 +86,7 @@ async def attention(
     results = await jobs.attention(
         model, await rows(model, req), req.layers, req.heads, reserve, await edits(model, req)
     )
-    text = model.token_text
-    out = []
-    for r in results:
-        ids = r.row.ids.tolist()
-        out.append(
-            {
-                "tokens": [text[t] for t in ids],
-                "token_ids": ids,
-                "layers": r.layers,
-                "heads": r.heads,
-                "attention": r.weights,
-            }
-        )
+    out = [{**tokens(model, r.row.ids), "layers": r.layers, "heads": r.heads, "attention": r.weights} for r in results]
     return {"model": model.name, "results": out}
 
 
