@@ -35,7 +35,8 @@ class AttentionMaps:
     row: Row
     layers: list[int]
     heads: list[int]
-    weights: np.ndarray  # (layers, heads, n, n) float32
+    queries: list[int]  # the query positions (rows of each map) returned
+    weights: np.ndarray  # (layers, heads, queries, n) float32
 
 
 @dataclass(frozen=True)
@@ -77,17 +78,24 @@ async def attention(
     heads: list[int] | None = None,
     reserve: Callable[[int], None] | None = None,
     edits: Interventions = NONE,
+    queries: Sequence[int] | None = None,
 ) -> list[AttentionMaps]:
-    """`reserve` is called with the number of weights returned before any work is done (the
-    protocol takes the answer's bytes from the in-flight budget there, or raises)."""
+    """`queries`: the query positions to return (every one by default), the same for every row.
+    `reserve` is called with the number of weights returned before any work is done (the protocol
+    takes the answer's bytes from the in-flight budget there, or raises)."""
     arch, config = model.bundle.arch, model.config
     layers, heads = layer_head_indices(arch, layers, heads)
+    picked = [list(range(len(r.ids))) if queries is None else list(queries) for r in rows]
+    for i, (row, asked) in enumerate(zip(rows, picked, strict=True)):
+        bad = [q for q in asked if not 0 <= q < len(row.ids)]
+        if bad:
+            raise InputError(f"queries {bad} are outside input {i}, which has {len(row.ids)} tokens", "queries")
     squares = sum(len(r.ids) ** 2 for r in rows)
-    values = len(layers) * len(heads) * squares
+    values = len(layers) * len(heads) * sum(len(r.ids) * len(q) for r, q in zip(rows, picked, strict=True))
     if values > config.max_attention_values:
         raise InputError(
             f"the answer would hold {values:,} attention weights, more than MAX_ATTENTION_VALUES="
-            f"{config.max_attention_values:,}; ask for fewer layers, heads or inputs"
+            f"{config.max_attention_values:,}; ask for fewer layers, heads, queries or inputs"
         )
     computed = arch.n_layer * arch.n_head * squares
     if computed > config.max_attention_compute:
@@ -100,8 +108,8 @@ async def attention(
         reserve(values)
     outputs = await _run(model, "attention", rows, edits)
     return [
-        AttentionMaps(row, layers, heads, np.ascontiguousarray(w[np.ix_(layers, heads)], dtype=np.float32))
-        for row, w in zip(rows, outputs, strict=True)
+        AttentionMaps(row, layers, heads, q, np.ascontiguousarray(w[np.ix_(layers, heads, q)], dtype=np.float32))
+        for row, q, w in zip(rows, picked, outputs, strict=True)
     ]
 
 

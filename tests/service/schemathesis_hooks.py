@@ -83,8 +83,11 @@ def _lengths(body: dict[str, Any]) -> list[int]:
 
 
 def _positions_fit(body: dict[str, Any]) -> bool:
-    """Activations and attribution: asked positions lie within every input; a target text is one token."""
+    """Activations, attribution and attention: asked positions (and queries) lie within every input; a
+    target text is one token."""
     positions = body.get("positions") if isinstance(body.get("positions"), list) else []
+    if isinstance(body.get("queries"), list):
+        positions = body["queries"]
     if isinstance(body.get("position"), int):
         positions = [body["position"]]
     if isinstance(body.get("target"), str) and _tokens(body["target"]) != 1:
@@ -130,9 +133,9 @@ def filter_case(context: Any, case: Any) -> bool:
     if not isinstance(body, dict):
         return True
     path = case.operation.path
-    if path in ("/v1/next-token", "/v1/attention", "/v1/score", "/v1/logit-lens"):
+    if path in ("/v1/next-token", "/v1/score", "/v1/logit-lens"):
         return _fits(body) and _steer_fits(body)
-    if path in ("/v1/activations", "/v1/logit-attribution"):
+    if path in ("/v1/attention", "/v1/activations", "/v1/logit-attribution"):
         return _fits(body) and _steer_fits(body) and _positions_fit(body)
     if path == "/v1/steering-vector":
         return all(_tokens(body[k]) <= CONTEXT for k in ("add", "subtract") if isinstance(body.get(k), str))

@@ -271,3 +271,21 @@ def test_v2_activations_and_attribution_match_the_native_routes(toy_server):
         client.infer("toy.activations", [text], parameters={"sites": "resid_mid"})
     with pytest.raises(triton.InferenceServerException, match="steer"):
         client.infer("toy.next_token", [text], parameters={"steer": '[{"layer": 9}]'})
+
+
+def test_attention_returns_only_the_asked_query_rows_in_both_protocols(toy_server):
+    import tritonclient.http as triton
+
+    text = "I do not like hate. we do"
+    body = {"model": "toy", "texts": [text], "layers": [1], "heads": [0, 3]}
+    (whole,) = post(toy_server, "/v1/attention", body)["results"]
+    (some,) = post(toy_server, "/v1/attention", {**body, "queries": [6, 2]})["results"]
+    assert some["queries"] == [6, 2] and whole["queries"] == list(range(len(whole["token_ids"])))
+    np.testing.assert_array_equal(np.array(some["attention"]), np.array(whole["attention"])[:, :, [6, 2]])
+    bad = post(toy_server, "/v1/attention", {**body, "queries": [40]}, status=422)
+    assert "queries [40] are outside input 0" in bad["error"]["message"]
+    client = triton.InferenceServerClient(toy_server.url.removeprefix("http://"))
+    t = triton.InferInput("text", [1], "BYTES")
+    t.set_data_from_numpy(np.array([text.encode()], dtype=object))
+    r = client.infer("toy.attention", [t], parameters={"layers": "1", "heads": "0,3", "queries": "6,2"})
+    np.testing.assert_array_equal(r.as_numpy("attention_weights")[0], np.array(some["attention"], dtype=np.float32))

@@ -49,24 +49,25 @@ ATTENTION_BYTES = 4 + 10
 async def _attention(
     model: ModelInstance, rows: list[Row], params: dict[str, Any], wanted: set[str], held: Reservation | None
 ) -> list[Output]:
-    layers, heads = (index_list(params.get(p), p) for p in ("layers", "heads"))
+    layers, heads, queries = (index_list(params.get(p), p) for p in ("layers", "heads", "queries"))
     width = max(len(r.ids) for r in rows)
+    query_axis = width if queries is None else len(queries)  # every query, padded like the keys, or the asked ones
 
     def reserve(returned: int) -> None:
         if held is not None and "attention_weights" in wanted:
-            padded = returned // sum(len(r.ids) ** 2 for r in rows) * len(rows) * width**2
-            held.take(padded * ATTENTION_BYTES)
+            per_map = sum(len(r.ids) * (len(r.ids) if queries is None else len(queries)) for r in rows)
+            held.take(returned // per_map * len(rows) * query_axis * width * ATTENTION_BYTES)
 
-    maps = await jobs.attention(model, rows, layers, heads, reserve, await edits(model, params))
+    maps = await jobs.attention(model, rows, layers, heads, reserve, await edits(model, params), queries)
     layers_, heads_ = maps[0].layers, maps[0].heads
     out = [lengths(rows), token_ids(rows, width)]
     out.append(Output("layers", "INT64", np.array(layers_, dtype=np.int64), (len(layers_),)))
     out.append(Output("heads", "INT64", np.array(heads_, dtype=np.int64), (len(heads_),)))
     if "attention_weights" in wanted:
-        weights = np.zeros((len(rows), len(layers_), len(heads_), width, width), dtype=np.float32)
+        weights = np.zeros((len(rows), len(layers_), len(heads_), query_axis, width), dtype=np.float32)
         for i, m in enumerate(maps):
             n = len(m.row.ids)
-            weights[i, :, :, :n, :n] = m.weights
+            weights[i, :, :, : len(m.queries), :n] = m.weights
         out.insert(0, Output("attention_weights", "FP32", weights, weights.shape))
     return out
 
@@ -145,7 +146,8 @@ MODELS: dict[str, V2Model] = {
                     "attention_weights",
                     "FP32",
                     [-1, -1, -1, -1, -1],
-                    "[row, layer, head, query, key]: each real query row sums to 1; keys after the query are 0",
+                    "[row, layer, head, query, key]: each real query row sums to 1; keys after the query are 0 "
+                    "(the query axis holds the asked queries, when the parameter is given)",
                 ),
                 LENGTHS,
                 TOKEN_IDS,
@@ -156,6 +158,7 @@ MODELS: dict[str, V2Model] = {
                 *COMMON_PARAMS,
                 Param("layers", (str, int), 'layer indices, as an int or "0,2"; all by default'),
                 Param("heads", (str, int), 'head indices, as an int or "0,2"; all by default'),
+                Param("queries", (str, int), 'query positions (the maps\' rows), as an int or "0,9"; all by default'),
             ],
             _attention,
             _attention_values,

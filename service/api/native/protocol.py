@@ -120,6 +120,12 @@ class AttentionRequest(Intervenable, Inputs):
     )
     layers: list[LayerIndex] | None = Field(None, min_length=1, description="Layer indices; all by default.")
     heads: list[HeadIndex] | None = Field(None, min_length=1, description="Head indices; all by default.")
+    queries: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        min_length=1,
+        description="Query positions (rows of each map) to return, within every input; all by default. A long "
+        "input's answer for a few queries is that much smaller (the maps are computed whole either way).",
+    )
 
 
 class AttentionResult(BaseModel):
@@ -127,6 +133,7 @@ class AttentionResult(BaseModel):
     token_ids: list[int]
     layers: list[int] = Field(description="The layer index of each entry of attention's first axis.")
     heads: list[int] = Field(description="The head index of each entry of attention's second axis.")
+    queries: list[int] = Field(description="The query position of each entry of attention's third axis.")
     attention: list[list[list[list[float]]]] = Field(
         description="[layer][head][query][key] softmax weights; each query row sums to 1, keys after the query are 0."
     )

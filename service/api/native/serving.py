@@ -84,9 +84,12 @@ async def attention(
     """Plain data with numpy arrays, for orjson: a response can hold millions of floats."""
     reserve = (lambda n: reservation.take(n * ATTENTION_JSON_BYTES)) if reservation is not None else None
     results = await jobs.attention(
-        model, await rows(model, req), req.layers, req.heads, reserve, await edits(model, req)
+        model, await rows(model, req), req.layers, req.heads, reserve, await edits(model, req), req.queries
     )
-    out = [{**tokens(model, r.row.ids), "layers": r.layers, "heads": r.heads, "attention": r.weights} for r in results]
+    out = [
+        {**tokens(model, r.row.ids), "layers": r.layers, "heads": r.heads, "queries": r.queries, "attention": r.weights}
+        for r in results
+    ]
     return {"model": model.name, "results": out}
 
 
