@@ -332,7 +332,7 @@ def _against_triton(goal: str, ours: dict, triton: dict, factor: float) -> str:
 
 
 def more_target_rows(results: dict) -> list[str]:
-    """Targets of the HTTP-bound regime and of int8, from their sections."""
+    """Targets of the HTTP-bound regime, of int8 and of the interventions, from their sections."""
     rows = []
     if results.get("toy_http"):
         toy = results["toy_http"]["servers"]
@@ -352,6 +352,16 @@ def more_target_rows(results: dict) -> list[str]:
             + ", ".join(f"{r['speedup']:.2f}x at {r['batch']}" for r in big)
             + f"; {delta:+.4f} nats/char | {verdict(ok)} |"
         )
+    r = results.get("interventions")
+    if r:
+        seconds = r["sweep"]["sweep_ms"] / 1000
+        at32 = r["steering"]["32"]
+        cost = 1 - at32["steered_tokens_per_s"] / at32["plain_tokens_per_s"]
+        rows += [
+            f"| a full patching sweep ({r['sweep']['cells']} cells, {r['sweep']['tokens']} tokens) through HTTP "
+            f"<= 1.2 s | {seconds:.2f} s | {verdict(seconds <= 1.2)} |",
+            f"| steering costs <= 5% of decode throughput at 32 streams | {cost:+.1%} | {verdict(cost <= 0.05)} |",
+        ]
     return rows
 
 
