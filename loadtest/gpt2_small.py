@@ -50,6 +50,7 @@ def gpt2_small_bench(work: Path, corpus: str | None) -> dict:
     started = time.perf_counter()
     parity = import_checkpoint(source, repository / "gpt2-small" / "1", "gpt2-small", "1")
     out: dict = {"vocab": vocab, "import_s": time.perf_counter() - started, "transformers_parity": parity}
+    out["bundle_bytes"] = sum(f.stat().st_size for f in (repository / "gpt2-small" / "1").iterdir())
     log.info("gpt2-small: imported in %.0f s", out["import_s"])
     env = {
         "MODEL_REPOSITORY": str(repository),
