@@ -139,11 +139,11 @@ def gpt2_small_report(results: dict) -> list[str]:
         "The attention graph computes every layer and head whatever is asked, so one head at 1024 tokens costs "
         "nearly what all 144 do; with the default limits (`MAX_ATTENTION_COMPUTE`=16M weights computed) both are "
         "refused with a 422 that says so, and the benchmark raises the limits to measure them. The resident "
-        "memory is many times the weights: the service opens one ONNX Runtime session per graph (ten), and at "
-        "this size they do not share the weights. Turning ONNX Runtime's MatMul pre-packing off for the six "
-        "graphs off the hot path did not lower it, so it is not the pre-packed copies; sharing one copy of the "
-        "initializers across the sessions is the open fix. Until then a GPT-2-small bundle needs about 7 GB of "
-        "the memory bound.",
+        "memory is many times the weights, and it is anonymous memory: the sessions map weights.bin and share "
+        "it. Turning ONNX Runtime's MatMul pre-packing off for the six graphs off the hot path did not lower it; "
+        "the next suspect is the start-up warm-up at the full context (the attention graph's output alone is "
+        "1.2 GB for its two 1024-token rows) leaving part of its peaks in the arenas. Until it is found, a "
+        "GPT-2-small bundle needs about 7 GB of the memory bound.",
         "",
     ]
     return out
