@@ -139,11 +139,12 @@ def gpt2_small_report(results: dict) -> list[str]:
         "The attention graph computes every layer and head whatever is asked, so one head at 1024 tokens costs "
         "nearly what all 144 do; with the default limits (`MAX_ATTENTION_COMPUTE`=16M weights computed) both are "
         "refused with a 422 that says so, and the benchmark raises the limits to measure them. The resident "
-        "memory is many times the weights, and it is anonymous memory: the sessions map weights.bin and share "
-        "it. Turning ONNX Runtime's MatMul pre-packing off for the six graphs off the hot path did not lower it; "
-        "the next suspect is the start-up warm-up at the full context (the attention graph's output alone is "
-        "1.2 GB for its two 1024-token rows) leaving part of its peaks in the arenas. Until it is found, a "
-        "GPT-2-small bundle needs about 7 GB of the memory bound.",
+        "figure is RSS, which counts the weights file again for every session that has read it (the ten sessions "
+        "map weights.bin, so physically its pages are one copy); the rest is each session's pre-packed copy of its "
+        "MatMul weights (ONNX Runtime's default, made when the session opens) and what the start-up warm-up at the "
+        "full context leaves in the arenas (the attention and prefill graphs' peaks above all). Pre-packing only "
+        "the hot graphs and a shorter warm-up are the open fixes; until then a GPT-2-small bundle needs several GB "
+        "of the memory bound.",
         "",
     ]
     return out
