@@ -57,20 +57,52 @@ async def logit_attribution(
                 "position",
             )
     outputs = await model.submit("activations", [edits.job(r.ids) for r in rows])
+    weights = _Weights.of(model)
     return [
-        _attribute(model, row, target, len(row.ids) - 1 if position is None else position, out, edits)
+        _attribute(model, weights, row, target, len(row.ids) - 1 if position is None else position, out, edits)
         for row, out in zip(rows, outputs, strict=True)
     ]
 
 
+@dataclass(frozen=True)
+class _Weights:
+    """The parameters attribution reads, once per request."""
+
+    gamma: np.ndarray  # (C,) float64: the final LayerNorm's scale
+    beta: np.ndarray  # (C,) float64: its bias
+    unembed: np.ndarray  # (V, C) float32, mapped: only the rows read are loaded
+    w_o: np.ndarray  # (L, C, nh, hs): each layer's W_O, its input side split by head
+    b_o: np.ndarray  # (L, C) float64: each layer's W_O bias
+
+    @classmethod
+    def of(cls, model: ModelInstance) -> _Weights:
+        bundle, arch = model.bundle, model.bundle.arch
+        layers = range(arch.n_layer)
+        return cls(
+            gamma=bundle.weight("ln_f.weight").astype(np.float64),
+            beta=bundle.weight("ln_f.bias").astype(np.float64),
+            unembed=bundle.weight("tok_emb.weight" if arch.tied_head else "lm_head.weight"),
+            w_o=np.stack([bundle.weight(f"blocks.{layer}.attn.w_o.weight") for layer in layers]).reshape(
+                arch.n_layer, arch.d_model, arch.n_head, arch.d_head
+            ),
+            b_o=np.stack([bundle.weight(f"blocks.{layer}.attn.w_o.bias") for layer in layers]).astype(np.float64),
+        )
+
+
 def _attribute(
-    model: ModelInstance, row: Row, target: int | None, p: int, outputs: tuple, edits: Interventions
+    model: ModelInstance,
+    weights: _Weights,
+    row: Row,
+    target: int | None,
+    p: int,
+    outputs: tuple,
+    edits: Interventions,
 ) -> Attribution:
-    bundle, arch = model.bundle, model.bundle.arch
-    resid, _, mlp_out, z = (o.astype(np.float64) for o in outputs)
-    gamma, beta = (bundle.weight(f"ln_f.{n}").astype(np.float64) for n in ("weight", "bias"))
-    unembed = bundle.weight("tok_emb.weight" if arch.tied_head else "lm_head.weight")  # (V, C)
-    x = resid[-1, p]  # (C,): the stream the final LayerNorm reads
+    arch = model.bundle.arch
+    # Each site at position p only: resid (L+1, C), mlp_out (L, C), z (L, nh, hs).
+    resid, _, mlp_out, z = (o[:, p].astype(np.float64) for o in outputs)
+    gamma, beta, unembed = weights.gamma, weights.beta, weights.unembed
+    x = resid[-1]  # (C,): the stream the final LayerNorm reads
     sigma = np.sqrt(x.var() + arch.layer_norm_eps)
     if target is None:
         target = int(np.argmax(unembed @ ((x - x.mean()) / sigma * gamma + beta).astype(np.float32)))
@@ -81,12 +113,9 @@ def _attribute(
         return (parts - parts.mean(axis=-1, keepdims=True)) @ direction
 
     steering = None if edits.steering is None else edits.steering.astype(np.float64)
-    embeddings = resid[0, p] - (steering[0] if steering is not None else 0.0)
-    w_o = np.stack([bundle.weight(f"blocks.{layer}.attn.w_o.weight") for layer in range(arch.n_layer)])  # (L, C, C)
-    heads_z = z[:, p]  # (L, nh, hs)
+    embeddings = resid[0] - (steering[0] if steering is not None else 0.0)
     # Head h of layer l writes z[l, h] @ W_O[l][:, h's slice].T into the stream.
-    per_head = np.einsum("lhd,lchd->lhc", heads_z, w_o.reshape(arch.n_layer, arch.d_model, arch.n_head, arch.d_head))
-    biases = np.stack([bundle.weight(f"blocks.{layer}.attn.w_o.bias") for layer in range(arch.n_layer)])
+    per_head = np.einsum("lhd,lchd->lhc", z, weights.w_o)  # (L, nh, C)
     final_bias = float(beta @ unembed[target])
     return Attribution(
         row,
@@ -95,8 +124,8 @@ def _attribute(
         logit=float(through(x) + final_bias),
         embeddings=float(through(embeddings)),
         heads=through(per_head),
-        attention_biases=through(biases.astype(np.float64)),
-        mlps=through(mlp_out[:, p]),
+        attention_biases=through(weights.b_o),
+        mlps=through(mlp_out),
         steering=None if steering is None else through(steering),
         final_bias=final_bias,
     )

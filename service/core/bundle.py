@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +43,18 @@ class Bundle:
     def graph_path(self, name: str) -> Path:
         return self.path / self.manifest.graphs[name].file
 
+    @functools.cached_property
+    def _weights_file(self) -> np.memmap:
+        """weights.bin, mapped read-only once (on first use): weight() returns views into it."""
+        return np.memmap(self.path / WEIGHTS_FILE, np.uint8, "r")
+
     def weight(self, name: str) -> np.ndarray:
         """One of the model's parameters by its PyTorch name (say blocks.0.attn.w_o.weight), in PyTorch's
-        layout, memory-mapped read-only from the weights file: only the parts a job reads are loaded."""
+        layout, a read-only view of the mapped weights file: only the parts a job reads are loaded."""
         where = self.manifest.torch_weights[name]
         stored = where.shape[::-1] if where.transposed else where.shape
-        array = np.memmap(self.path / WEIGHTS_FILE, np.float32, "r", where.offset, tuple(stored))
+        count = int(np.prod(stored))
+        array = np.frombuffer(self._weights_file, np.float32, count, where.offset).reshape(stored)
         return array.T if where.transposed else array
 
 
