@@ -16,9 +16,6 @@ from benchmarks.report_http import (
     _kserve_workloads,
     aiperf_report,
     explorer_report,
-    gpt2_small_report,
-    interpretability_report,
-    interventions_report,
     kserve_report,
     more_target_rows,
     payload_report,
@@ -26,6 +23,12 @@ from benchmarks.report_http import (
     tracing_report,
     triton_rows,
     workers_report,
+)
+from benchmarks.report_internals import (
+    gpt2_small_report,
+    interpretability_report,
+    interventions_report,
+    interventions_target_rows,
 )
 from benchmarks.timing import verdict
 from loadtest.harness import CONCURRENCY, LENGTHS, ROOT, by_concurrency
@@ -76,6 +79,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         f"{verdict(dyn[top]['rps'] >= 5 * naive[top]['rps'])} |",
         *triton_rows(results, top),
         *more_target_rows(results),
+        *interventions_target_rows(results),
         "",
         "## 1. Engine: PyTorch eager vs ONNX Runtime",
         "",
