@@ -11,76 +11,11 @@ import httpx
 import numpy as np
 import pytest
 
-from loadtest.browser import CHROMIUM, FLAGS, full_context_text
+from loadtest.browser import full_context_text
 from tests.conftest import DEFAULT_BUNDLE, Server, model_repository, start_server
+from tests.web.pages import NEEDS_CHROMIUM, TEXT, Page, api, grid_point, titles_fit
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
-)
-TEXT = "I do not like hate. we do"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield b
-        b.close()
-
-
-class Page:
-    """A browser page on the explorer that records console errors and every URL it asks for."""
-
-    def __init__(self, browser, server: Server, **context) -> None:
-        self.server = server
-        self.context = browser.new_context(viewport={"width": 1200, "height": 900}, **context)
-        self.page = self.context.new_page()
-        self.errors: list[str] = []
-        self.requests: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("request", lambda r: self.requests.append(r.url))
-
-    def open(self, query: str = f"text={quote(TEXT)}", status: str = "ready") -> None:
-        self.page.goto(f"{self.server.url}/?{query}")
-        self.wait(status)
-
-    def wait(self, status: str = "ready", timeout: float = 30_000) -> None:
-        self.page.wait_for_selector(f"body[data-status={status}]", timeout=timeout)
-
-    def view(self, name: str) -> None:
-        self.page.click(f"#views [data-view={name}]")
-        self.page.wait_for_selector(f"canvas[data-view={name}]")
-
-    def canvas_colours(self) -> int:
-        """How many distinct colours the canvas holds: a blank canvas has one."""
-        return self.page.evaluate(
-            """() => { const c = document.getElementById('canvas');
-                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                const seen = new Set();
-                for (let i = 0; i < d.length; i += 16) seen.add(d[i] << 16 | d[i+1] << 8 | d[i+2]);
-                return seen.size; }"""
-        )
-
-    def canvas_png(self) -> str:
-        return self.page.evaluate("() => document.getElementById('canvas').toDataURL()")
-
-    def close(self) -> None:
-        self.context.close()
-
-
-@pytest.fixture
-def page(browser, toy_server) -> Iterator[Page]:
-    p = Page(browser, toy_server)
-    yield p
-    p.close()
-
-
-def api(server: Server, path: str, body: dict) -> dict:
-    r = httpx.post(server.url + path, json=body, timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()
+pytestmark = NEEDS_CHROMIUM
 
 
 def test_the_root_leads_to_the_page_which_loads_cleanly_and_asks_only_the_service(page):
@@ -399,78 +334,3 @@ def test_the_head_importance_view_matches_the_api_and_a_click_ablates(page):
     page.page.mouse.click(x, y)
     page.page.wait_for_function("() => new URLSearchParams(location.search).get('ablate') === '0.2'")
     assert page.page.is_checked('#ablate input[data-head="0.2"]') and page.errors == []
-
-
-def grid_point(page: Page, kind: str, r: int, c: int) -> tuple[float, float]:
-    """Where on the screen a labelled heatmap's cell (row r, column c) is, from the drawing's own layout."""
-    grids = json.loads(page.page.get_attribute("#canvas", "data-grids"))
-    g = next(g for g in grids if g["kind"] == kind)
-    # The canvas scrolls inside its frame: bring the cell into view first.
-    page.page.evaluate(
-        """(y) => { const w = document.querySelector('.canvas-wrap');
-            w.scrollIntoView({block: 'start'}); w.scrollTop = Math.max(0, y - 100); }""",
-        g["y0"] + r * g["cell"],
-    )
-    box = page.page.locator("#canvas").bounding_box()
-    return box["x"] + g["x0"] + (c + 0.5) * g["cell"], box["y"] + g["y0"] + (r + 0.5) * g["cell"]
-
-
-def titles_fit(page: Page) -> bool:
-    """Every heatmap title on the canvas fits inside it, in the font it is drawn with."""
-    return page.page.evaluate(
-        """() => { const c = document.getElementById('canvas');
-            const m = document.createElement('canvas').getContext('2d');
-            m.font = '13px system-ui, sans-serif';
-            const grids = JSON.parse(c.dataset.grids);
-            return grids.length > 0 && grids.every(g => m.measureText(g.title).width + 4 <= c.clientWidth); }"""
-    )
-
-
-def test_the_patching_view_draws_both_heatmaps_and_a_click_gives_the_cells_numbers(page):
-    page.open(f"text={quote('we not like')}&view=patch")
-    page.page.fill("#patch-corrupted", "we do like")
-    page.page.click("#patch")
-    page.page.wait_for_function("() => document.getElementById('canvas').dataset.grids?.includes('patch-heads')")
-    page.wait()
-    want = api(page.server, "/v1/patch", {"clean": "we not like", "corrupted": "we do like"})
-    grids = json.loads(page.page.get_attribute("#canvas", "data-grids"))
-    assert [g["kind"] for g in grids] == ["patch-heads", "patch-positions"] and titles_fit(page)
-    assert all("0 is the corrupted run" in g["units"] for g in grids) and page.canvas_colours() > 5
-    page.page.mouse.click(*grid_point(page, "patch-heads", 0, 2))
-    cell = page.page.inner_text("#cell")
-    assert cell.startswith("layer 0, head 2:") and str(want["sites"]["heads"]["score"][0][2]) in cell
-    page.page.select_option("#patch-site", "mlp_out")
-    page.page.mouse.click(*grid_point(page, "patch-positions", 0, 1))
-    cell = page.page.inner_text("#cell")
-    assert cell.startswith("mlp_out, layer 0, position 1") and str(want["sites"]["mlp_out"]["logit_diff"][0][1]) in cell
-    assert page.errors == []
-
-
-def test_the_attribution_view_shows_each_part_of_the_logit(page):
-    page.open(f"text={quote('we not like')}&view=attribution")
-    page.page.wait_for_function("() => document.getElementById('canvas').dataset.titles?.includes('attribution')")
-    page.wait()
-    (want,) = api(page.server, "/v1/logit-attribution", {"texts": ["we not like"]})["results"]
-    box = page.page.locator("#canvas").bounding_box()
-    page.page.mouse.move(box["x"] + 200, box["y"] + 30 + 3.5 * 16)  # the fourth bar: head 0.2
-    tip = page.page.inner_text("#tooltip")
-    assert tip.startswith("head 0.2: ") and str(want["heads"][0][2]) in tip and page.errors == []
-
-
-def test_steering_in_the_generate_view_shows_plain_and_steered_side_by_side(page):
-    page.open(f"text={quote('we not like')}&view=generate")
-    page.page.fill("#gen-n", "4")
-    page.page.fill("#steer-add", " do")
-    page.page.fill("#steer-subtract", " not")
-    page.page.select_option("#steer-layer", "0")
-    page.page.fill("#steer-scale", "1.5")
-    page.page.click("#generate")
-    page.page.wait_for_function("() => document.getElementById('steered-text').textContent !== ''")
-    page.wait()
-    body = {"prompt": "we not like", "max_tokens": 4, "temperature": 0, "ablate": []}
-    steer = [{"layer": 0, "vector": {"add": " do", "subtract": " not"}, "scale": 1.5}]
-    plain = api(page.server, "/v1/completions", body)["choices"][0]["text"]
-    steered = api(page.server, "/v1/completions", {**body, "steer": steer})["choices"][0]["text"]
-    assert page.page.inner_text("#plain-text") == plain.strip() or page.page.text_content("#plain-text") == plain
-    assert page.page.text_content("#steered-text") == steered and steered != plain
-    assert page.errors == []
