@@ -10,8 +10,11 @@ ablates it (its attention-weighted sum of values is zeroed before W_O); steering
 d_model], added to the residual stream before each block at every position (zero: no steering):
     next_token   input_ids, attention_mask [batch, seq] -> next_token_logprobs [batch, vocab]
                  log-probabilities after each row's last real token
-    attention    -> attention_weights [batch, layers, heads, seq, seq]
-                 softmax weights, zero above the diagonal and on padded keys
+    attention    and maps [maps] (int64, layer * heads + head, ascending, distinct: the maps to
+                 return, the same for every row) -> attention_weights [batch, maps, seq, seq]
+                 softmax weights, zero above the diagonal and on padded keys. Every map is computed
+                 (each layer's output needs all its heads), but a layer's maps are dropped as soon
+                 as its heads are picked: the graph's memory is one layer's maps plus the answer
     score        -> token_logprobs [batch, seq-1]: log p(token t+1 | tokens <= t), plus the
                  TOP_LOGPROBS most likely tokens at each position (top_logprobs, top_token_ids)
     logit_lens   -> lens_top_logprobs, lens_top_ids [batch, layers+1, seq, LENS_TOP]: the residual
@@ -60,8 +63,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-BATCH, SEQ, SEQ_MINUS_1, CAPACITY, SIZE = "batch", "seq", "seq_minus_1", "capacity", "size"
-DYNAMIC = frozenset({BATCH, SEQ, SEQ_MINUS_1, CAPACITY, SIZE, "new_capacity"})
+BATCH, SEQ, SEQ_MINUS_1, CAPACITY, SIZE, MAPS = "batch", "seq", "seq_minus_1", "capacity", "size", "maps"
+DYNAMIC = frozenset({BATCH, SEQ, SEQ_MINUS_1, CAPACITY, SIZE, MAPS, "new_capacity"})
 # How many alternatives the score graph returns per position (OpenAI's echo with logprobs).
 TOP_LOGPROBS = 20
 # How many tokens the logit lens returns per layer and position (its top_k's ceiling).
@@ -145,10 +148,10 @@ GRAPHS: dict[str, GraphSpec] = {
         ),
         GraphSpec(
             "attention",
-            INTERVENABLE,
-            (_f32("attention_weights", BATCH, "layers", "heads", SEQ, SEQ),),
+            (*INTERVENABLE, _i64(MAPS, MAPS)),
+            (_f32("attention_weights", BATCH, MAPS, SEQ, SEQ),),
             tolerance=1e-5,
-            take_row=lambda out, i, n: out[0][i, :, :, :n, :n],  # (L, nh, n, n)
+            take_row=lambda out, i, n: out[0][i, :, :n, :n],  # (maps, n, n)
         ),
         GraphSpec(
             "score",

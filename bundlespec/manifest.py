@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # 2: prefill and decode graphs (KV cache), top-k alternatives from score, a typed manifest.
 # 3: head_mask inputs and the logit_lens graph; 4: decode writes into fixed-size caches; 5: the copy graph;
 # 6: steering inputs, the activations and resume graphs (interventions)
-BUNDLE_FORMAT = 6
+BUNDLE_FORMAT = 7
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.bin"
 TOKENIZER_FILE = "tokenizer.json"

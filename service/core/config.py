@@ -47,8 +47,9 @@ class CoreConfig(BaseModel):
     max_attention_compute: int = Field(
         16_000_000,
         ge=1,
-        description="Attention weights computed for one request (every layer and head of every input, "
-        "whatever is returned); beyond, 422.",
+        description="Attention weights held at once for one request: the maps it asks for plus one layer's "
+        "maps while that layer runs, at every query and key of every input; beyond, 422. A batch of "
+        "attention requests closes before its rows pass it.",
     )
     max_active_sequences: int = Field(
         32, ge=1, le=1024, description="Most sequences generating at once (one decode step runs them all)."

@@ -7,6 +7,7 @@ rows to the instance's batchers or sequences to its scheduler, and shapes the ou
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -97,20 +98,31 @@ async def attention(
             f"the answer would hold {values:,} attention weights, more than MAX_ATTENTION_VALUES="
             f"{config.max_attention_values:,}; ask for fewer layers, heads, queries or inputs"
         )
-    computed = arch.n_layer * arch.n_head * squares
-    if computed > config.max_attention_compute:
+    # The graph returns the asked-for maps, ascending (bundlespec), and holds one layer's at a time.
+    maps = sorted({layer * arch.n_head + head for layer in layers for head in heads})
+    held = attention_held(arch.n_head, len(maps), squares)
+    if held > config.max_attention_compute:
         raise InputError(
-            f"these inputs need {computed:,} attention weights computed (every layer and head of each, "
-            f"whatever is returned), more than MAX_ATTENTION_COMPUTE={config.max_attention_compute:,}; "
-            "send fewer or shorter inputs per request"
+            f"these inputs need {held:,} attention weights held at once (the {len(maps)} maps asked for, "
+            f"plus one layer's {arch.n_head} while it runs, at every query and key), more than "
+            f"MAX_ATTENTION_COMPUTE={config.max_attention_compute:,}; ask for fewer layers or heads, "
+            "or send fewer or shorter inputs per request"
         )
     if reserve is not None:
         reserve(values)
-    outputs = await _run(model, "attention", rows, edits)
+    job = Job(np.empty(0, dtype=np.int64), edits.head_mask, edits.steering, tuple(maps))
+    outputs = await model.submit("attention", [dataclasses.replace(job, ids=r.ids) for r in rows])
+    where = np.searchsorted(maps, [[layer * arch.n_head + head for head in heads] for layer in layers])
     return [
-        AttentionMaps(row, layers, heads, q, np.ascontiguousarray(w[np.ix_(layers, heads, q)], dtype=np.float32))
+        AttentionMaps(row, layers, heads, q, np.ascontiguousarray(w[where][:, :, q], dtype=np.float32))
         for row, q, w in zip(rows, picked, outputs, strict=True)
     ]
+
+
+def attention_held(n_head: int, maps: int, squares: int) -> int:
+    """Attention weights the graph holds at once for rows whose squared lengths sum to squares: the
+    maps it returns, and one layer's maps while that layer runs (the batchers' cost, too)."""
+    return (maps + n_head) * squares
 
 
 async def score(model: ModelInstance, rows: list[Row], edits: Interventions = NONE) -> list[TokenScores]:

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bundlespec import GRAPHS
-from bundlespec.graphs import HEAD_MASK, STEERING
+from bundlespec.graphs import HEAD_MASK, MAPS, STEERING
 from bundlespec.padding import group_by_length, pad
 from service.core.bundle import Bundle
 from service.core.errors import BundleError, DeviceError
@@ -91,6 +91,7 @@ class Job:
     ids: np.ndarray  # (n,) int64
     head_mask: np.ndarray | None = None  # (L, nh) float32, 0 where a head is ablated; None: every head
     steering: np.ndarray | None = None  # (L, C) float32, added before each block; None: no steering
+    maps: tuple[int, ...] | None = None  # attention: the maps to return (bundlespec), ascending; None: all
 
 
 @dataclass(frozen=True)
@@ -176,25 +177,35 @@ class ModelRunner:
         rows with and without ablated heads share a call (the graphs take a head mask per row).
 
         Returns each row's share of the outputs, in order (bundlespec's take_row): next_token (V,)
-        log-probs; attention (L, nh, n, n) weights; score ((n-1,) log-probs, (n-1, K) top log-probs,
-        (n-1, K) top ids). Rows of similar length run together (see group_by_length); each group is
-        padded to its longest.
+        log-probs; attention (maps, n, n) weights, the row's maps (every one: L * nh) in order;
+        score ((n-1,) log-probs, (n-1, K) top log-probs, (n-1, K) top ids). Rows of similar length
+        run together (see group_by_length); each group is padded to its longest.
         """
         spec = GRAPHS[name]
         take_row = spec.take_row
         assert take_row is not None, f"{name} is not a one-shot graph"
         jobs = [r if isinstance(r, Job) else Job(r) for r in rows]
         results: list = [None] * len(jobs)
-        for group in group_by_length([len(j.ids) for j in jobs], self.max_padding):
-            # Padding up to min_length lets a too-short row through: take_row cuts its share to empty.
-            outputs = self._run_padded(name, [jobs[i] for i in group], spec.min_length)
-            for j, i in enumerate(group):
-                results[i] = take_row(outputs, j, len(jobs[i].ids))
+        # The attention graph's maps input is one for the whole call: rows asking for other maps run
+        # in calls of their own (a union would return every row every row's maps).
+        alike: dict[tuple[int, ...] | None, list[int]] = {}
+        for i, job in enumerate(jobs):
+            alike.setdefault(job.maps if name == "attention" else None, []).append(i)
+        for members in alike.values():
+            for group in group_by_length([len(jobs[i].ids) for i in members], self.max_padding):
+                picked = [members[g] for g in group]
+                # Padding up to min_length lets a too-short row through: take_row cuts its share to empty.
+                outputs = self._run_padded(name, [jobs[i] for i in picked], spec.min_length)
+                for j, i in enumerate(picked):
+                    results[i] = take_row(outputs, j, len(jobs[i].ids))
         return results
 
     def _run_padded(self, name: str, jobs: Sequence[Job], min_length: int = 1) -> list[np.ndarray]:
         ids, mask = pad([j.ids for j in jobs], min_length)
         feed = {"input_ids": ids, "attention_mask": mask, **self.interventions(jobs)}
+        if name == "attention":
+            arch, maps = self.bundle.arch, jobs[0].maps
+            feed[MAPS] = np.arange(arch.n_layer * arch.n_head) if maps is None else np.array(maps)
         return self._feed(name, feed, ids.size)
 
     def interventions(self, rows: Sequence[Intervened]) -> dict[str, np.ndarray]:

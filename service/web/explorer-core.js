@@ -32,7 +32,7 @@ const EXPLAIN = {
 
 const state = { text: "", layer: 0, head: 0, view: "head", hidden: new Set(), ablate: new Set() }; // ablate: "l.h"
 let model = null; // {id, n_layer, n_head, context_length}
-let data = null; // the last run: tokens, ids, logprobs, next tokens, attention [L][H][n][n] as one Float32Array
+let data = null; // the last run: tokens, ids, logprobs, next tokens, and maps: layer * H + head -> its n x n weights
 let gen = null; // the last generation: prompt tokens and one step per generated token
 let hover = null; // the row (head view), cell (heatmap, rollout) or map (model view) under the pointer or cursor
 let rollout = null;
@@ -70,9 +70,24 @@ function readable(token) {
   return token.replace(/ /g, "·").replace(/\n/g, "↵").replace(/\t/g, "→");
 }
 
+// Every map comes with the run while they all fit in this many weights (16 MB of float32: a
+// 12 x 12-head model at 166 tokens). Past it (GPT-2 small at 1024 tokens holds 604 MB of maps) the
+// page asks for the maps a view shows, when it shows them, and keeps them for the text.
+const EAGER_WEIGHTS = 4_000_000;
+// A lazy request's maps, at most: one head at a time at 1024 tokens, so that the server holds the
+// maps asked for plus one layer's under its default MAX_ATTENTION_COMPUTE.
+const MAP_WEIGHTS_PER_REQUEST = 1_100_000;
+
+function eager(n) {
+  return model.n_layer * model.n_head * n * n <= EAGER_WEIGHTS;
+}
+
 function weight(l, h, q, k) {
-  const n = data.n;
-  return data.attention[((l * model.n_head + h) * n + q) * n + k];
+  return data.maps.get(l * model.n_head + h)[q * data.n + k];
+}
+
+function hasMap(l, h) {
+  return data.maps.has(l * model.n_head + h);
 }
 
 function meanOverHeads(l, q, k) {
@@ -106,8 +121,10 @@ function ablatePairs() {
   return [...state.ablate].map((s) => s.split(".").map(Number));
 }
 
-async function fetchAttention(text) {
+// Maps from the v2 attention job, in binary: every map, or those of `heads` in `layer`.
+async function fetchMaps(text, layer, heads) {
   const parameters = state.ablate.size ? { ablate: [...state.ablate].join(",") } : {};
+  if (heads) Object.assign(parameters, { layers: String(layer), heads: heads.join(",") });
   const r = await api(`/v2/models/${encodeURIComponent(model.id)}.attention/infer`, {
     inputs: [{ name: "text", shape: [1], datatype: "BYTES", data: [text] }],
     outputs: [{ name: "attention_weights", parameters: { binary_data: true } }],
@@ -116,8 +133,56 @@ async function fetchAttention(text) {
   const length = Number(r.headers.get("Inference-Header-Content-Length"));
   const body = await r.arrayBuffer();
   const header = JSON.parse(new TextDecoder().decode(new Uint8Array(body, 0, length)));
-  const shape = header.outputs[0].shape; // [1, layers, heads, n, n]
-  return { n: shape[3], attention: new Float32Array(body.slice(length)) };
+  const [, layers, perLayer, n] = header.outputs[0].shape; // [1, layers, heads, n, n]
+  const all = new Float32Array(body.slice(length));
+  const maps = new Map();
+  for (let i = 0; i < layers * perLayer; i++) {
+    const l = heads ? layer : Math.floor(i / perLayer);
+    const h = heads ? heads[i] : i % perLayer;
+    maps.set(l * model.n_head + h, all.subarray(i * n * n, (i + 1) * n * n));
+  }
+  return maps;
+}
+
+// The maps the current view draws: a layer's heads, one head, or (rollout, the model view) all.
+function neededMaps() {
+  const heads = [...Array(model.n_head).keys()];
+  const layers = [...Array(model.n_layer).keys()];
+  if (state.view === "head") return heads.filter((h) => !state.hidden.has(h)).map((h) => [state.layer, h]);
+  if (state.view === "heatmap") return state.head === "mean" ? heads.map((h) => [state.layer, h]) : [[state.layer, state.head]];
+  if (state.view === "rollout" && eager(data.n)) return layers.flatMap((l) => heads.map((h) => [l, h]));
+  return [];
+}
+
+let loading = null; // the lazy request under way, if any
+
+// Fetches the maps the view needs and does not have yet, a few heads of one layer per request,
+// then draws again. Returns true if the view can draw now.
+function mapsReady() {
+  const missing = neededMaps().filter(([l, h]) => !hasMap(l, h));
+  if (missing.length === 0) return true;
+  if (!loading) {
+    const text = data.text;
+    const per = Math.max(1, Math.floor(MAP_WEIGHTS_PER_REQUEST / (data.n * data.n)));
+    const requests = []; // [layer, heads]: a request asks for heads of one layer
+    for (const [l, h] of missing) {
+      const last = requests[requests.length - 1];
+      if (last && last[0] === l && last[1].length < per) last[1].push(h);
+      else requests.push([l, [h]]);
+    }
+    loading = (async () => {
+      for (const [l, heads] of requests) {
+        const maps = await fetchMaps(text, l, heads);
+        if (data.text !== text) return; // a new run replaced the text meanwhile
+        for (const [key, m] of maps) data.maps.set(key, m);
+      }
+    })().then(
+      () => { loading = null; draw(); setStatus("ready"); },
+      (e) => { loading = null; showError(e); }, // no redraw: it would ask again, and fail again
+    );
+    setStatus("busy");
+  }
+  return false;
 }
 
 async function run() {
@@ -129,10 +194,14 @@ async function run() {
   try {
     const ablate = ablatePairs();
     const body = { model: model.id, texts: [state.text], ablate };
-    const [score, next, att, lens, plain] = await Promise.all([
-      api("/v1/score", body).then((r) => r.json()),
+    const scored = api("/v1/score", body).then((r) => r.json());
+    // A text has at most as many tokens as UTF-8 bytes: short ones fetch every map beside the rest;
+    // longer ones learn their length first.
+    const bytes = new TextEncoder().encode(state.text).length;
+    const [score, next, maps, lens, plain] = await Promise.all([
+      scored,
       api("/v1/next-token", { ...body, top_k: 8 }).then((r) => r.json()),
-      fetchAttention(state.text),
+      eager(bytes) ? fetchMaps(state.text) : scored.then((sc) => (eager(sc.results[0].tokens.length) ? fetchMaps(state.text) : new Map())),
       api("/v1/logit-lens", { ...body, top_k: 5 }).then((r) => r.json()),
       // With heads ablated, the plain answer too, to show what the ablation changed.
       ablate.length ? api("/v1/next-token", { model: model.id, texts: [state.text], top_k: 8 }).then((r) => r.json()) : null,
@@ -141,7 +210,7 @@ async function run() {
     data = {
       text: state.text, tokens: s.tokens, ids: s.token_ids, logprobs: s.logprobs, next: next.results[0].top,
       lens: lens.results[0].lens, plainNext: plain ? plain.results[0].top : null, importance: null,
-      attribution: null, patch: null, ...att,
+      attribution: null, patch: null, n: s.tokens.length, maps,
     };
     rollout = null;
     gen = null;
@@ -247,6 +316,7 @@ function clampInt(s, lo, hi) {
 }
 
 function setStatus(s) {
+  if (s === "ready" && loading) s = "busy"; // a view's maps are still on their way
   document.body.dataset.status = s;
   $("run").disabled = s === "busy";
   $("generate").disabled = s === "busy";

@@ -32,6 +32,15 @@ function draw() {
   $("layer").value = String(state.layer);
   $("head").value = String(state.head);
   if (!data) return;
+  if (!mapsReady()) { // the maps this view shows are on their way; draw() runs again when they come
+    resize(720, 40);
+    ctx.fillStyle = cssColour("--muted");
+    ctx.font = "13px system-ui, sans-serif";
+    ctx.textBaseline = "middle";
+    ctx.fillText("fetching this view's attention maps…", 8, 20);
+    canvas.dataset.view = "loading";
+    return;
+  }
   const started = performance.now();
   ({
     head: drawHeadView, model: drawModelView, heatmap: drawHeatmap, rollout: drawRollout, generate: drawGeneration,
@@ -161,8 +170,13 @@ function drawModelView() {
     for (let h = 0; h < model.n_head; h++) {
       const x = GRID.label + h * step;
       const y = GRID.label + l * step;
-      const base = (l * model.n_head + h) * n * n;
-      ctx.drawImage(mapImage((q, k) => data.attention[base + q * n + k], n, table), x, y, cell, cell);
+      if (hasMap(l, h)) {
+        const m = data.maps.get(l * model.n_head + h);
+        ctx.drawImage(mapImage((q, k) => m[q * n + k], n, table), x, y, cell, cell);
+      } else { // a long text: only the maps a view has fetched are drawn; the others are picked
+        ctx.fillStyle = cssColour("--muted");
+        ctx.fillText(`${l}.${h}`, x + cell / 2, y + cell / 2);
+      }
       const picked = hover && hover.kind === "map" ? hover.layer === l && hover.head === h
         : state.layer === l && state.head === h;
       ctx.strokeStyle = picked ? cssColour("--accent") : cssColour("--border");
@@ -260,6 +274,15 @@ function rolloutValue(q, k) {
 }
 
 function drawRollout() {
+  if (!eager(data.n)) { // rollout multiplies every map of every layer: too many to fetch and hold here
+    resize(720, 40);
+    ctx.fillStyle = cssColour("--muted");
+    ctx.font = "13px system-ui, sans-serif";
+    ctx.textBaseline = "middle";
+    const most = Math.floor(Math.sqrt(EAGER_WEIGHTS / (model.n_layer * model.n_head)));
+    ctx.fillText(`Rollout needs all ${model.n_layer * model.n_head} maps at once: up to ${most} tokens; this text has ${data.n}.`, 8, 20);
+    return;
+  }
   if (!rollout) rollout = computeRollout();
   drawMatrix(rolloutValue, `attention rollout over ${model.n_layer} layers (mean over heads, plus the residual)`);
 }

@@ -21,10 +21,11 @@ function viewData() {
     return { ...base, layer: state.layer, heads, attention: heads.map((h) => matrix((q, k) => weight(state.layer, h, q, k))) };
   }
   if (state.view === "model") {
-    return { ...base, attention: [...Array(model.n_layer).keys()].map((l) => [...Array(model.n_head).keys()].map((h) => matrix((q, k) => weight(l, h, q, k)))) };
+    // A long text's model view holds only the maps fetched so far: the others are null.
+    return { ...base, attention: [...Array(model.n_layer).keys()].map((l) => [...Array(model.n_head).keys()].map((h) => (hasMap(l, h) ? matrix((q, k) => weight(l, h, q, k)) : null))) };
   }
   if (state.view === "heatmap") return { ...base, layer: state.layer, head: state.head, attention: matrix(heatValue) };
-  if (state.view === "rollout") return { ...base, rollout: matrix(rolloutValue) };
+  if (state.view === "rollout") return { ...base, rollout: rollout ? matrix(rolloutValue) : null };
   if (state.view === "lens") return { ...base, ablate: ablatePairs(), lens: data.lens };
   if (state.view === "importance") return { ...base, importance: data.importance };
   if (state.view === "patch") return { ...base, patch: data.patch };

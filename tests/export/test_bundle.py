@@ -135,10 +135,14 @@ def test_attention_graph_output_is_exact_softmax(toy_bundle):
     ids = np.array([[5, 6, 7, 8, 0, 0]], dtype=np.int64)
     mask = np.array([[1, 1, 1, 1, 0, 0]], dtype=np.int64)
     head_mask, steering = np.ones((1, 2, 4), dtype=np.float32), np.zeros((1, 2, 32), dtype=np.float32)
-    (w,) = session.run(None, {"input_ids": ids, "attention_mask": mask, "head_mask": head_mask, "steering": steering})
-    assert w.shape[:3] == (1, 2, 4) and w.shape[3:] == (6, 6)
-    np.testing.assert_allclose(w[0, :, :, :4, :4].sum(-1), 1.0, atol=1e-6)
-    assert not w[0, :, :, :, 4:].any()
+    feed = {"input_ids": ids, "attention_mask": mask, "head_mask": head_mask, "steering": steering}
+    (w,) = session.run(None, {**feed, "maps": np.arange(8)})  # every map: 2 layers x 4 heads
+    assert w.shape == (1, 8, 6, 6)
+    np.testing.assert_allclose(w[0, :, :4, :4].sum(-1), 1.0, atol=1e-6)
+    assert not w[0, :, :, 4:].any()
+    # Some maps, from both layers: exactly those maps of the whole answer, in order.
+    (some,) = session.run(None, {**feed, "maps": np.array([1, 2, 6])})
+    np.testing.assert_array_equal(some[0], w[0, [1, 2, 6]])
 
 
 def test_an_old_format_bundle_is_refused_with_how_to_rebuild_it(toy_bundle, tmp_path):

@@ -225,7 +225,8 @@ def test_attention_per_step_covers_the_context_before_each_token(runner):
         assert step.attention is not None and step.attention.shape == (1, 2, len(seq))
         np.testing.assert_allclose(step.attention.sum(-1), 1.0, atol=1e-5)
         # The same weights as the attention graph's last query row over the same tokens.
-        (full,) = runner.run("attention", [np.asarray(seq)])
+        (full,) = runner.run("attention", [np.asarray(seq)])  # every map, layer by layer
+        full = full.reshape(runner.bundle.arch.n_layer, runner.bundle.arch.n_head, len(seq), len(seq))
         np.testing.assert_allclose(step.attention, full[[1]][:, [0, 2], -1, :], atol=1e-5)
         seq.append(step.token_id)
 

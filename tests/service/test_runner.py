@@ -7,7 +7,7 @@ import pytest
 
 from bundlespec.padding import group_by_length
 from service.core.bundle import load_bundle
-from service.core.runner import ModelRunner
+from service.core.runner import Job, ModelRunner
 
 
 def test_groups_cover_every_row_once_and_bound_the_padding():
@@ -39,3 +39,19 @@ def test_grouped_and_padded_runs_give_the_same_answers_in_the_same_order(toy_bun
         for a, b in zip(g, p, strict=True):
             assert a.shape == b.shape
             np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_attention_rows_asking_for_other_maps_share_a_call_and_each_gets_its_own(toy_bundle):
+    """The graph returns only the maps asked for (one layer's computed maps at a time); rows with
+    other maps in one batch run separately and each gets exactly its maps of the full answer."""
+    bundle = load_bundle(toy_bundle)
+    runner = ModelRunner(bundle, "cpu", max_padding=0.1)
+    rng = np.random.default_rng(2)
+    rows = [rng.integers(0, bundle.vocab_size, n) for n in (12, 7, 12, 3)]
+    every = bundle.arch.n_layer * bundle.arch.n_head
+    full = runner.run("attention", rows)
+    asked = [(0,), (1, every - 1), (0,), tuple(range(every))]
+    picked = runner.run("attention", [Job(r, maps=m) for r, m in zip(rows, asked, strict=True)])
+    for f, p, m, r in zip(full, picked, asked, rows, strict=True):
+        assert f.shape == (every, len(r), len(r)) and p.shape == (len(m), len(r), len(r))
+        np.testing.assert_allclose(p, f[list(m)], atol=1e-6)
