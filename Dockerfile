@@ -34,10 +34,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
+    GRPC_PORT=8001 \
     MODEL_REPOSITORY=/app/bundles \
     LOG_FORMAT=json \
     ORT_DISABLE_TELEMETRY=1
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('PORT', '8000'), timeout=2); sys.exit(r.status != 200)"]
 # Exec form: SIGTERM goes straight to the server, which drains before it exits. One uvicorn worker

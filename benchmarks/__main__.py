@@ -25,6 +25,7 @@ from benchmarks.int8 import int8_bench
 from benchmarks.report import machine_info, write_reports
 from loadtest.aiperf import aiperf_bench
 from loadtest.gpt2_small import gpt2_small_bench
+from loadtest.grpc_load import grpc_bench
 from loadtest.harness import ROOT
 from loadtest.interventions import interventions_bench
 from loadtest.serving import (
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             "generation",
             "payload",
             "kserve",
+            "grpc",
             "explorer",
             "int8",
             "toy",
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["gpt2_small"] = gpt2_small_bench(Path(tmp), args.corpus)
             elif args.only == "int8":
                 results["int8"] = int8_bench(args.bundle, Path(tmp), args.corpus)
+            elif args.only == "grpc":
+                results["grpc"] = grpc_bench(args.bundle, args.seconds, Path(tmp))
             elif args.only == "explorer":
                 results["explorer"] = explorer_bench(args.bundle, Path(tmp))
             else:
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         results["client_check"] = client_check(5, work)
         results["serving"] = serving_bench(args.bundle, args.seconds, work)
         results["kserve"] = kserve_bench(args.bundle, args.seconds, work)
+        results["grpc"] = grpc_bench(args.bundle, args.seconds, work)
         results["toy_http"] = toy_http_bench(args.seconds, work)
         results["tracing"] = tracing_bench(args.seconds, work)
         results["workers"] = workers_bench(args.bundle, args.seconds, work)

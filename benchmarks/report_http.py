@@ -287,3 +287,36 @@ def kserve_report(results: dict) -> list[str]:
                 )
         out.append("")
     return out
+
+
+def grpc_report(results: dict) -> list[str]:
+    r = results.get("grpc")
+    if not r:
+        return []
+    out = [
+        "## KServe v2 over gRPC: the service and Triton",
+        "",
+        f"Run on {r['date']} (`python -m benchmarks --only grpc`; also part of `make bench`): the short-prompt "
+        f"next-token request of the section above, {r['concurrency']} clients, one worker, {r['seconds']:g} s "
+        "after a warm-up, each server alone on the machine. The gRPC rows come from one client for both servers "
+        "(`loadtest/grpc_load.py`: grpc.aio in a process of its own, the request serialised once, four channels), "
+        "the HTTP rows from wrk, a C client that costs less per request on these shared two cores: compare gRPC "
+        "with gRPC and HTTP with HTTP. Triton's gRPC endpoint is its own C++ frontend, in the same PyTriton "
+        "setup as above.",
+        "",
+        "| server and protocol | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, p in r["servers"].items():
+        out.append(
+            f"| {name} | {p['rps']:.0f} | {p['p50_ms']:.1f} | {p['p90_ms']:.1f} | {p['p99_ms']:.1f} | "
+            f"{p['p99.9_ms']:.1f} | {p['errors']} |"
+        )
+    ours, theirs = r["servers"].get("service, KServe v2 gRPC"), r["servers"].get("Triton (PyTriton), KServe v2 gRPC")
+    if ours and theirs:
+        out += [
+            "",
+            f"Over gRPC the service gives {ours['rps'] / theirs['rps']:.2f}x Triton's requests/s, at p99 "
+            f"{ours['p99_ms']:.1f} ms against {theirs['p99_ms']:.1f} ms.",
+        ]
+    return [*out, ""]

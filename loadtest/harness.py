@@ -75,9 +75,9 @@ WRK_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("WRKJSON {\\"requests\\": %d, \\"duration_us\\": %d, \\"non2xx\\": %d, "
-    .. "\\"socket_errors\\": %d, \\"p50\\": %d, \\"p90\\": %d, \\"p99\\": %d}\\n",
+    .. "\\"socket_errors\\": %d, \\"p50\\": %d, \\"p90\\": %d, \\"p99\\": %d, \\"p999\\": %d}\\n",
     summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99)))
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9)))
 end
 """
 
@@ -121,6 +121,7 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
         "p50_ms": r["p50"] / 1000,
         "p90_ms": r["p90"] / 1000,
         "p99_ms": r["p99"] / 1000,
+        "p99.9_ms": r["p999"] / 1000,
     }
 
 

@@ -9,9 +9,6 @@ from pathlib import Path
 from loadtest.harness import ROOT
 
 TRITON_VENV = ROOT / ".venv-triton"
-
-
-TRITON_VENV = ROOT / ".venv-triton"
 TRITON = "Triton (PyTriton), KServe v2"
 
 

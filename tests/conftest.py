@@ -80,6 +80,7 @@ def start_server(bundle: Path, tmp: Path, command: Sequence[str] = (), **env: st
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     environ = {**os.environ, "MODEL_DIR": str(bundle), "HOST": "127.0.0.1", "PORT": str(port), "DEVICE": "cpu"}
+    environ["GRPC_PORT"] = "0"  # off unless a test asks for it: servers of one run would share 8001
     environ.update({k.upper(): str(v) for k, v in env.items()})
     with open(log_path, "wb") as log:
         argv = list(command) or [sys.executable, "-m", "service"]

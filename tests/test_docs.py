@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.conftest import ROOT, model_repository, start_server
+from tests.conftest import ROOT, free_port, model_repository, start_server
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.M | re.S)
@@ -165,14 +165,17 @@ PYTHON = [
     for page in PAGES
     for text in [page.read_text()]
     for m in FENCE.finditer(text)
-    if m.group(1) == "python" and "localhost:8000" in m.group(2)
+    if m.group(1) == "python" and ("localhost:8000" in m.group(2) or "localhost:8001" in m.group(2))
 ]
+GRPC_PORT = free_port()  # the gRPC examples' server listens here
 
 
 @pytest.mark.parametrize("page,line,code", PYTHON, ids=[f"{p}:{n}" for p, n, _ in PYTHON])
 def test_the_python_example_runs_and_gives_what_it_shows(page, line, code, servers):
-    server = servers({})
+    grpc = "localhost:8001" in code
+    server = servers({"GRPC_PORT": str(GRPC_PORT)} if grpc else {})
     code = code.replace("http://localhost:8000", server.url).replace("localhost:8000", server.url.split("//")[1])
+    code = code.replace("localhost:8001", f"127.0.0.1:{GRPC_PORT}")
     scope: dict = {}
     checks = []
     for statement in ast.parse(code).body:

@@ -63,8 +63,11 @@ def main() -> None:
         out = np.empty((len(rows), vocab), dtype=np.float32)
         for group in group_by_length([len(r) for r in rows], args.max_padding):
             ids, mask = pad([rows[i] for i in group])
-            heads = np.ones((len(group), arch["n_layer"], arch["n_head"]), dtype=np.float32)  # every head on
-            (out[group],) = session.run(None, {"input_ids": ids, "attention_mask": mask, "head_mask": heads})
+            # Every head on and no steering: the service's plain rows.
+            heads = np.ones((len(group), arch["n_layer"], arch["n_head"]), dtype=np.float32)
+            steering = np.zeros((len(group), arch["n_layer"], arch["d_model"]), dtype=np.float32)
+            feed = {"input_ids": ids, "attention_mask": mask, "head_mask": heads, "steering": steering}
+            (out[group],) = session.run(None, feed)
         return {"next_token_logprobs": out}
 
     config = TritonConfig(http_port=args.http_port, grpc_port=args.http_port + 1, metrics_port=args.http_port + 2)

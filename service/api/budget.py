@@ -11,6 +11,11 @@ from service.core.errors import InputError, QueueFullError
 from service.core.memory import TRIM_AFTER_BYTES, trim_heap
 
 
+class AnswerTooLargeError(InputError):
+    """An answer larger than the whole budget: no wait would make room (HTTP 422 or 400; gRPC
+    RESOURCE_EXHAUSTED, as for a message past its size limit)."""
+
+
 class Reservation:
     """What one request holds of the response-bytes budget; the middleware gives it back at the end."""
 
@@ -46,7 +51,7 @@ class ResponseBudget:
 
     def take(self, n: int) -> None:
         if n > self.limit:  # no wait would make room: the request itself is too large
-            raise InputError(
+            raise AnswerTooLargeError(
                 f"the answer would take about {n:,} bytes, more than MAX_INFLIGHT_BYTES={self.limit:,} allows "
                 "any one answer; ask for less (fewer inputs, positions, layers or heads)"
             )

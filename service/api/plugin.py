@@ -1,16 +1,18 @@
 """A protocol as a plug-in: what create_app and the middleware need to know of it, and nothing else.
 
-Each protocol package (native, openai, kserve) exposes one Protocol, and service.api.protocols lists
+Each protocol package (native, openai, kserve, kserve_grpc) exposes one Protocol, and service.api.protocols lists
 them: adding a protocol is a package plus one line there. create_app includes each protocol's routers
 and makes its app-wide state (app.state.<name>) with the protocol's own factory; the middleware asks
 the protocols which one owns a path (for the error shape of the answers it writes itself), whether a
 path runs the model (refused while draining), whether it changes the server (needs an admin key) and
-which paths are probes that never need a key. Neither names a protocol.
+which paths are probes that never need a key; the lifespan runs each protocol's own listener, if it
+has one (gRPC). Neither names a protocol.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +47,9 @@ class Protocol:
     public_paths: tuple[str, ...] = ()  # path prefixes that never need a key (the protocol's health probes)
     # The protocol's app-wide state, made from the model registry at start (app.state.<name>)
     state: Callable[[ModelRegistry], Any] | None = None
+    # A listener of the protocol's own beside HTTP (gRPC), given the app: entered once the models
+    # are loaded, left once the server drains, before the models stop.
+    serve: Callable[[Any], AbstractAsyncContextManager[None]] | None = None
 
 
 @dataclass(frozen=True)

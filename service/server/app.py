@@ -9,6 +9,7 @@ what no protocol's route saw (unknown paths, wrong methods) with the first proto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -69,7 +70,8 @@ def create_app(
     if tracing is not None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(TraceIds())
-    metrics = Metrics(tracer=tracing.get_tracer("attnserve") if tracing else None)
+    tracer = tracing.get_tracer("attnserve") if tracing else None
+    metrics = Metrics(tracer=tracer)
     registry = make_registry(settings, metrics, checked)
 
     @asynccontextmanager
@@ -91,6 +93,10 @@ def create_app(
             else None
         )
         publisher = asyncio.create_task(app.state.workers.publish()) if app.state.workers is not None else None
+        listeners = contextlib.AsyncExitStack()
+        for protocol in protocols:
+            if protocol.serve is not None:
+                await listeners.enter_async_context(protocol.serve(app))
         app.state.ready = True
         for served in registry.ready():
             log.info("ready: serving %s version %s on %s", served.name, served.version, served.instance.provider)
@@ -100,6 +106,7 @@ def create_app(
         yield
         app.state.ready = False
         app.state.draining = True
+        await listeners.aclose()  # their calls in flight finish first
         for task in (poller, publisher):
             if task is not None:
                 task.cancel()
@@ -125,6 +132,7 @@ def create_app(
     app.state.stopping = False  # SIGTERM came: not ready, but still serving (DRAIN_DELAY_S)
     app.state.draining = False  # the listener is closing: work is refused
     app.state.metrics = metrics
+    app.state.tracer = tracer  # for the listeners that are not HTTP (Protocol.serve)
     index = worker_index()
     directory = os.environ.get(METRICS_DIR_ENV)
     # Under WORKERS > 1, /metrics answers for every worker (service/server/workers.py).
@@ -158,7 +166,7 @@ def create_app(
         state=app.state,
         budget=app.state.budget,
         protocols=protocols,
-        tracer=tracing.get_tracer("attnserve") if tracing else None,
+        tracer=tracer,
     )
     origins = settings.origins()
     if origins:

@@ -33,14 +33,15 @@ class Metrics(CoreObservers):
         r = self.registry
         self.requests = Counter(
             "attnserve_requests",
-            "HTTP requests by route, status code and model",
-            ["route", "status", "model"],
+            "Requests by route, status code (gRPC calls: the HTTP status of the same failure), model and "
+            "protocol (http, grpc)",
+            ["route", "status", "model", "protocol"],
             registry=r,
         )
         self.latency = Histogram(
             "attnserve_request_latency_seconds",
-            "HTTP request latency, to the last byte written",
-            ["route", "model"],
+            "Request latency, to the last byte written (gRPC: to the answer handed to gRPC)",
+            ["route", "model", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 import uuid
@@ -13,6 +12,7 @@ from opentelemetry import context, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.access import bearer_matches
 from service.api.budget import BUDGET_KEY, Reservation, ResponseBudget
 from service.api.deps import LEASES_KEY, LOG_KEY, release_leases
 from service.api.plugin import Protocol
@@ -170,8 +170,8 @@ class RequestContext:
             elapsed = time.perf_counter() - started
             # The matched route's template keeps label values bounded, whatever paths clients send.
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, str(status), model).inc()
-            self.metrics.latency.labels(route, model).observe(elapsed)
+            self.metrics.requests.labels(route, str(status), model, "http").inc()
+            self.metrics.latency.labels(route, model, "http").observe(elapsed)
             if self.access_log:
                 access = {"request_id": request_id, "method": scope["method"], "path": path, "route": route}
                 access.update(status=status, duration_ms=round(elapsed * 1000, 3), model=model)
@@ -210,12 +210,7 @@ class RequestContext:
 
     @staticmethod
     def _authorized(headers: dict[bytes, bytes], keys: list[bytes]) -> bool:
-        given = headers.get(b"authorization", b"")
-        if not given.lower().startswith(b"bearer "):
-            return False
-        token = given[7:].strip()
-        # Every key is compared, each in constant time, so the answer's timing says nothing of them.
-        return sum(hmac.compare_digest(token, k) for k in keys) > 0
+        return bearer_matches(headers.get(b"authorization", b""), keys)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | object:
         """The whole body; TOO_LARGE past the limit (checked before reading when declared); GONE when

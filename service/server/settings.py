@@ -45,6 +45,12 @@ class Settings(BaseSettings, CoreConfig):
     )
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Port for KServe v2 over gRPC (Triton's 8001), on HOST beside the HTTP port; 0 turns it off.",
+    )
     workers: int = Field(
         1,
         ge=1,

@@ -78,6 +78,12 @@ def test_the_deployment_fits_the_service_it_runs(overlay):
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
     assert kinds["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+    grpc = next(p for p in container["ports"] if p["name"] == "grpc")
+    assert (
+        grpc["containerPort"] == int(env["GRPC_PORT"]) and kinds["Service"]["spec"]["ports"][1]["targetPort"] == "grpc"
+    )
+    allowed = {p["port"] for rule in kinds["NetworkPolicy"]["spec"]["ingress"] for p in rule["ports"]}
+    assert allowed == {port["containerPort"], grpc["containerPort"]}
     selector = kinds["Deployment"]["spec"]["selector"]["matchLabels"]
     for kind in ("Service", "PodDisruptionBudget"):
         spec = kinds[kind]["spec"]
@@ -94,3 +100,11 @@ def test_the_kserve_example_speaks_v2_on_the_services_port():
     assert container["ports"][0]["containerPort"] == 8000
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] in paths and container[probe]["httpGet"]["port"] == 8000
+
+
+def test_the_kserve_grpc_example_names_its_port_h2c_as_kserve_routes_grpc():
+    isvc = yaml.safe_load((KUBE / "examples" / "inferenceservice-grpc.yaml").read_text())
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["ports"] == [{"name": "h2c", "containerPort": int(env["GRPC_PORT"]), "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"]["port"] == int(env["PORT"])

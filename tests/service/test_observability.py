@@ -153,3 +153,27 @@ def test_json_logs_parse_line_by_line_with_an_access_line_per_request(toy_bundle
     generation = next(x for x in access if x["path"] == "/v1/completions")
     assert generation["tokens"] == 3 and 0 < generation["ttft_ms"] <= generation["duration_ms"]
     assert any(x["status"] == 422 for x in access)
+
+
+def test_grpc_calls_continue_the_callers_traceparent_and_link_to_their_batch(toy_bundle, server_factory):
+    import numpy as np
+    import tritonclient.grpc as tg
+
+    collected = Collected()
+    endpoint, receiver = http_receiver(collected)
+    try:
+        port = free_port()
+        server = server_factory(
+            toy_bundle, grpc_port=port, otel_exporter_otlp_endpoint=endpoint, otel_bsp_schedule_delay=100
+        )
+        text = tg.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"we do like"], dtype=object))
+        client = tg.InferenceServerClient(f"127.0.0.1:{port}")
+        client.infer("toy", [text], headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
+        server.stop()  # the shutdown sends the last spans
+    finally:
+        receiver.shutdown()
+    (call,) = [s for s in collected.spans if s.name == "inference.GRPCInferenceService/ModelInfer"]
+    assert call.trace_id.hex() == CALLER_TRACE and call.parent_span_id.hex() == CALLER_SPAN
+    assert any(s.name == "queue wait" and s.parent_span_id == call.span_id for s in collected.spans)
+    assert call.span_id in {link.span_id for s in collected.spans if s.name == "inference" for link in s.links}

@@ -128,14 +128,14 @@ def parse_request(body: bytes, header_length: str | None, max_rank: int) -> Infe
             raise V2Error(f"input {t.name!r} is given twice")
         if t.datatype not in DATATYPES:
             raise V2Error(f"input {t.name!r} has unknown datatype {t.datatype!r}")
-        _check_shape(t, max_rank, len(body))
+        check_shape(t, max_rank, len(body))
         if "shared_memory_region" in t.parameters:
             raise V2Error("shared memory is not supported: send the data in JSON or in binary form")
         size = t.parameters.get("binary_data_size")
         if size is None:
             if t.data is None:
                 raise V2Error(f"input {t.name!r} has neither 'data' nor parameters.binary_data_size")
-            inputs[t.name] = _from_json(t)
+            inputs[t.name] = from_json(t)
             continue
         if t.data is not None:
             raise V2Error(f"input {t.name!r} has both 'data' and parameters.binary_data_size")
@@ -146,7 +146,7 @@ def parse_request(body: bytes, header_length: str | None, max_rank: int) -> Infe
                 f"input {t.name!r} says binary_data_size={size}, but only {len(binary) - offset} bytes of "
                 "binary data are left in the body"
             )
-        inputs[t.name] = _from_binary(t, binary[offset : offset + size])
+        inputs[t.name] = from_binary(t, binary[offset : offset + size])
         offset += size
     if offset != len(binary):
         raise V2Error(f"the body has {len(binary) - offset} bytes after the last binary input")
@@ -160,7 +160,7 @@ def _summary(e: ValidationError) -> str:
     return summary(problems)
 
 
-def _check_shape(t: TensorHeader, max_rank: int, body_bytes: int) -> None:
+def check_shape(t: TensorHeader, max_rank: int, body_bytes: int) -> None:
     """Before anything is built from a shape: a rank the server's inputs allow, and no dimension larger
     than the body could fill (every element takes at least a byte), so that with a zero elsewhere a
     shape such as [0, 2**62] still never reaches numpy."""
@@ -175,7 +175,7 @@ def _count(t: TensorHeader) -> int:
     return math.prod(t.shape)
 
 
-def _from_binary(t: TensorHeader, raw: bytes) -> Tensor:
+def from_binary(t: TensorHeader, raw: bytes) -> Tensor:
     count = _count(t)
     if t.datatype == BYTES:
         items = _split_bytes(raw, t.name)
@@ -221,7 +221,7 @@ def _flatten(data: Any) -> Iterator[Any]:
         yield data
 
 
-def _from_json(t: TensorHeader) -> Tensor:
+def from_json(t: TensorHeader) -> Tensor:
     """JSON `data`, flat or nested in row-major order, as the protocol allows."""
     flat = list(_flatten(t.data))
     count = _count(t)

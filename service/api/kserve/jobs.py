@@ -10,7 +10,7 @@ import numpy as np
 
 from bundlespec.graphs import LENS_TOP
 from service.api.budget import Reservation
-from service.api.kserve import interventions
+from service.api.kserve import generate, interventions
 from service.api.kserve.codec import Output, V2Error
 from service.api.kserve.v2model import (
     COMMON_PARAMS,
@@ -197,5 +197,6 @@ MODELS: dict[str, V2Model] = {
             _lens_values,
         ),
         *interventions.MODELS,
+        generate.MODEL,
     )
 }

@@ -120,7 +120,7 @@ RepositoryModel = Annotated[str, Path(description="The repository's model name (
 async def repository_load(name: RepositoryModel, request: Request) -> Response:
     """Load a model's highest version, or swap to it when another version serves (explicit mode only).
     A failed load is a 400 with the reason, and what served before still serves."""
-    check_control(request, "load")
+    check_control_mode(request.app.state.settings, "load")
     await request.app.state.registry.load(name)
     return Response(status_code=200)
 
@@ -128,20 +128,21 @@ async def repository_load(name: RepositoryModel, request: Request) -> Response:
 @router.post("/repository/models/{name}/unload", response_class=Response, responses=EMPTY)
 async def repository_unload(name: RepositoryModel, request: Request) -> Response:
     """Unload a model (explicit mode only): new requests get 404; requests already running finish."""
-    check_control(request, "unload")
+    check_control_mode(request.app.state.settings, "unload")
     await request.app.state.registry.unload(name)
     return Response(status_code=200)
 
 
-def check_control(request: Request, action: str) -> None:
-    mode = request.app.state.settings.model_control_mode
+def check_control_mode(settings: Any, action: str) -> None:
+    """Loading and unloading need MODEL_CONTROL_MODE=explicit (over HTTP and gRPC alike)."""
+    mode = settings.model_control_mode
     if mode != "explicit":
         raise ControlError(f"cannot {action} models: MODEL_CONTROL_MODE is {mode!r}; it must be 'explicit'")
 
 
 async def get_model(request: Request, name: ModelName) -> Target:
     """The model the path names, at the version it names when it names one (else 404)."""
-    return request.app.state.kserve.target(request, name, request.path_params.get("version"))
+    return request.app.state.kserve.target(request.scope, name, request.path_params.get("version"))
 
 
 async def _version(version: Annotated[str, Path(examples=["1"])]) -> None:

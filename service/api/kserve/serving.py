@@ -15,6 +15,7 @@ and right padding both work). Rows of a batch answer come padded to the longest 
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,9 +78,10 @@ class V2Serving:
             f"models ({', '.join(sorted(self.registry.serving)) or 'none'}), or a bare job for the default model"
         )
 
-    def target(self, request: Any, name: str, version: str | None) -> Target:
+    def target(self, scope: MutableMapping[str, Any], name: str, version: str | None) -> Target:
+        """The job and model version a name asks for, the version held for the request (its scope)."""
         model, job = self.split(name)
-        held = hold(request.scope, self.registry, model, version or None)
+        held = hold(scope, self.registry, model, version or None)
         return Target(name, job, held.instance, held.served.version)
 
     def server_metadata(self) -> dict[str, Any]:
@@ -134,10 +136,21 @@ class V2Serving:
     async def infer(
         self, t: Target, request: InferRequest, held: Reservation | None = None, log: dict[str, Any] | None = None
     ) -> tuple[bytes, int | None]:
+        """The HTTP answer: its body and, when any output is binary, its JSON header's length."""
+        outputs, binary = await self.answer(t, request, held, log)
+        if held is not None and held.held >= OFF_LOOP_BYTES:
+            # A large answer (tens of MB) is written in a thread, so that the event loop keeps answering.
+            return await off_loop(encode_response, t.name, t.version, request.header.id, outputs, binary)
+        return encode_response(t.name, t.version, request.header.id, outputs, binary)
+
+    async def answer(
+        self, t: Target, request: InferRequest, held: Reservation | None = None, log: dict[str, Any] | None = None
+    ) -> tuple[list[Output], dict[str, bool]]:
+        """The outputs asked for, in the order asked, and which of them go binary: the answer in any
+        wire form (HTTP's JSON and binary, gRPC's protobuf)."""
         header = request.header
         m = t.job
-        params = self._params(m, header.parameters)
-        rows = await self._rows(t.model, request.inputs, params.get("truncate", False))
+        rows, params = await self.inputs(t, request)
         if log is not None:
             log["rows"] = len(rows)
         wanted, binary, classify = self._outputs(t.model, m, header)
@@ -148,10 +161,12 @@ class V2Serving:
             outputs = [self._classify(t.model, o, classify[o.name]) if o.name in classify else o for o in outputs]
         order = {name: i for i, name in enumerate(wanted)}
         outputs.sort(key=lambda o: order[o.name])
-        if held is not None and held.held >= OFF_LOOP_BYTES:
-            # A large answer (tens of MB) is written in a thread, so that the event loop keeps answering.
-            return await off_loop(encode_response, t.name, t.version, header.id, outputs, binary)
-        return encode_response(t.name, t.version, header.id, outputs, binary)
+        return outputs, binary
+
+    async def inputs(self, t: Target, request: InferRequest) -> tuple[list[Row], dict[str, Any]]:
+        """The request's rows and its job's parameters, checked."""
+        params = self._params(t.job, request.header.parameters)
+        return await self._rows(t.model, request.inputs, params.get("truncate", False)), params
 
     @staticmethod
     def _answer_bytes(m: V2Model, values: dict[str, int], wanted: dict[str, None], binary: dict[str, bool]) -> int:

@@ -135,4 +135,5 @@ LENGTHS = TensorMeta("lengths", "INT64", [-1], "tokens in each row (after trunca
 TOKEN_IDS = TensorMeta("token_ids", "INT64", [-1, -1], f"each row's tokens, padded with {PAD_ID}")
 
 # Parameters that tritonclient or the protocol itself sends; handled here, never passed on.
-PROTOCOL_PARAMS = {"binary_data_output"}
+# (triton_enable_empty_final_response: tritonclient.grpc's streams ask for a last, empty response.)
+PROTOCOL_PARAMS = {"binary_data_output", "triton_enable_empty_final_response"}
