@@ -57,10 +57,10 @@ model: $(VENV)/.dev
 	$(PY) -m export --checkpoint $(RUN)/checkpoint.pt --out $(BUNDLE)
 	mkdir -p docs && cp $(RUN)/metrics.json docs/training_metrics.json && cp $(RUN)/loss_curve.png docs/loss_curve.png
 
-# The int8 variant of the default bundle (next-token and score graphs quantized), as its own bundle:
-# Serve it with: MODEL_DIR=bundles/int8 make serve
+# The int8 variant of the default bundle (next-token, score, prefill and decode graphs quantized), as a
+# model of the repository beside it: make serve then serves both (POST {"model": "attnserve-shakespeare-int8"}).
 int8: $(VENV)/.dev
-	$(PY) -m export.quantize --bundle $(BUNDLE) --out bundles/int8
+	$(PY) -m export.quantize --bundle $(BUNDLE) --out bundles/attnserve-shakespeare-int8/1
 
 # Triton for the benchmark's comparison column: PyTriton pins numpy 1.x, so it gets its own venv.
 .venv-triton/.ok:

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.int8_generation import int8_generation_bench, int8_generation_report
 from benchmarks.timing import median_seconds
 from loadtest.harness import ROOT
 
 log = logging.getLogger("bench")
-
-
-INT8_BATCHES = (1, 8, 32)
 
 
 INT8_BATCHES = (1, 8, 32)
@@ -49,8 +47,8 @@ def int8_bench(bundle_dir: Path, work: Path, corpus: str | None) -> dict:
         )
     )
     result: dict = {"length": INT8_LENGTH, "speed": speed, "max_prob_diff": diff}
-    if corpus:
-        val = split_text(fetch_corpus(corpus, ROOT / ".cache").read_text(encoding="utf-8")).val
+    val = split_text(fetch_corpus(corpus, ROOT / ".cache").read_text(encoding="utf-8")).val if corpus else None
+    if val is not None:
         ids = np.asarray(bundles["float32"].tokenizer.encode(val).ids, dtype=np.int64)
         context = bundles["float32"].context_length
         windows = [ids[s : s + context] for s in range(0, len(ids) - 1, context - 1)]
@@ -62,6 +60,7 @@ def int8_bench(bundle_dir: Path, work: Path, corpus: str | None) -> dict:
             nats[k] = total / len(val)
         result.update(val_chars=len(val), nats_per_char=nats)
         log.info("int8 validation: %.4f vs %.4f nats/char", nats["int8"], nats["float32"])
+    result["generation"] = int8_generation_bench(bundle_dir, work / "int8", work, val)
     return result
 
 
@@ -70,10 +69,12 @@ def int8_report(results: dict) -> list[str]:
     if not q:
         return []
     out = [
-        "## int8: quantized next-token and score graphs",
+        "## int8: quantized next-token, score and generation graphs",
         "",
-        "`make int8` writes `bundles/int8`: the next-token and score graphs with int8 MatMul weights (ONNX Runtime's "
-        "dynamic quantization, per output channel); attention, prefill and decode stay float32, so the attention "
+        "`make int8` writes `bundles/attnserve-shakespeare-int8/1`, a model of the repository beside the float32 "
+        "one: the next-token, score, prefill and decode graphs with int8 MatMul weights (ONNX Runtime's dynamic "
+        "quantization, per output channel; in prefill and decode only the MatMuls with a weight, so that the "
+        "attention scores and weights of generation stay float32); the attention graph stays float32, so its "
         "weights stay exact. The model runner alone, in-process, median of repeated calls on random ids of "
         f"{q['length']} tokens (`python -m benchmarks --only int8`).",
         "",
@@ -89,4 +90,4 @@ def int8_report(results: dict) -> list[str]:
             f"{n['float32']:.4f} nats/char, int8 {n['int8']:.4f} ({n['int8'] - n['float32']:+.4f})."
         )
     out += [f"The largest change of any next-token probability on 32 random rows: {q['max_prob_diff']:.4f}.", ""]
-    return out
+    return out + int8_generation_report(q.get("generation"))

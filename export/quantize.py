@@ -1,10 +1,13 @@
 """An int8 variant of a bundle, as a bundle of its own: python -m export.quantize (make int8).
 
-The next-token and score graphs get int8 MatMul weights from ONNX Runtime's dynamic quantization
-(activations are quantized per call, weights once, per output channel), which the CPU runs with
-its integer dot-product instructions. The attention, prefill and decode graphs stay float32: the
-attention weights are the product, and they stay exact. Each graph's precision is in the manifest,
-and the service reports it in /v1/models.
+The next-token and score graphs, and generation's prefill and decode graphs, get int8 MatMul weights
+from ONNX Runtime's dynamic quantization (activations are quantized per call, weights once, per output
+channel), which the CPU runs with its integer dot-product instructions. In prefill and decode only
+the MatMuls with a weight operand are quantized: the attention scores and weights (queries by keys,
+weights by values) stay float32, since generation serves the attention weights of every step, and
+the KV cache they read keeps its float32 contract. The attention graph stays float32 whole: its
+weights are the product, and they stay exact. Each graph's precision is in the manifest, and the
+service reports it in /v1/models.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from bundlespec import MANIFEST_FILE, read_manifest, sha256_file
 from export.staging import staged
 
 log = logging.getLogger("export.quantize")
-QUANTIZED = ("next_token", "score")
+QUANTIZED = ("next_token", "score", "prefill", "decode")
+GENERATION = ("prefill", "decode")  # their attention MatMuls stay float32 (MatMulConstBOnly)
 
 
 def quantize_bundle(src: Path, out: Path) -> dict:
@@ -41,6 +45,7 @@ def quantize_bundle(src: Path, out: Path) -> dict:
                 op_types_to_quantize=["MatMul"],
                 per_channel=True,
                 weight_type=QuantType.QInt8,
+                extra_options={"MatMulConstBOnly": name in GENERATION},
             )
             raw["graphs"][name]["precision"] = "int8"
             log.info("%s: %d -> %d bytes", graph, (src / graph).stat().st_size, (staging / graph).stat().st_size)
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, default=Path("bundles/attnserve-shakespeare/1"))
-    p.add_argument("--out", type=Path, default=Path("bundles/int8"))
+    p.add_argument("--out", type=Path, default=Path("bundles/attnserve-shakespeare-int8/1"))
     args = p.parse_args(argv)
     quantize_bundle(args.bundle, args.out)
     log.info("wrote %s", args.out)

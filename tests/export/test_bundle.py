@@ -178,7 +178,7 @@ def test_verification_catches_a_decode_graph_that_ignores_the_cache(toy, tmp_pat
         verify_generation(model, tmp_path / "b", trials=1, rng=np.random.default_rng(0), span=model.cfg.context_length)
 
 
-def test_the_int8_variant_quantizes_next_token_and_score_and_keeps_attention_exact(toy_bundle, tmp_path):
+def test_the_int8_variant_quantizes_next_token_score_and_generation_and_keeps_attention_exact(toy_bundle, tmp_path):
     from export.quantize import quantize_bundle
     from service.core.runner import ModelRunner
 
@@ -186,8 +186,8 @@ def test_the_int8_variant_quantizes_next_token_and_score_and_keeps_attention_exa
     bundle = load_bundle(tmp_path / "int8")  # every hash checks out
     precision = {name: g.precision for name, g in bundle.manifest.graphs.items()}
     assert precision == {"next_token": "int8", "score": "int8", "attention": "float32", "logit_lens": "float32",
-                         "activations": "float32", "resume": "float32", "prefill": "float32",
-                         "decode": "float32", "copy": "float32", "resize_cache": "float32"}  # fmt: skip
+                         "activations": "float32", "resume": "float32", "prefill": "int8",
+                         "decode": "int8", "copy": "float32", "resize_cache": "float32"}  # fmt: skip
     assert bundle.name == "toy-int8"
     int8, fp32 = (
         ModelRunner(bundle, "cpu", max_padding=0.1),
@@ -195,8 +195,32 @@ def test_the_int8_variant_quantizes_next_token_and_score_and_keeps_attention_exa
     )
     graph = onnx.load(str(tmp_path / "int8" / "next_token.onnx"), load_external_data=False)
     assert any(i.data_type == onnx.TensorProto.INT8 for i in graph.graph.initializer)
+    # Generation's weights are int8, its attention (queries x keys, weights x values) float32.
+    for name in ("prefill", "decode"):
+        graph = onnx.load(str(tmp_path / "int8" / f"{name}.onnx"), load_external_data=False)
+        assert any(i.data_type == onnx.TensorProto.INT8 for i in graph.graph.initializer)
+        assert sum(n.op_type == "MatMul" for n in graph.graph.node) == 2 * bundle.arch.n_layer, name
     rows = [np.array(bundle.tokenizer.encode(t).ids, dtype=np.int64) for t in ("I do not like", "we do like like.")]
     for a, b in zip(int8.run("next_token", rows), fp32.run("next_token", rows), strict=True):
         assert np.argmax(a) == np.argmax(b) and np.abs(np.exp(a) - np.exp(b)).max() < 0.05
     for a, b in zip(int8.run("attention", rows), fp32.run("attention", rows), strict=True):
         np.testing.assert_array_equal(a, b)  # the same float32 graph, untouched
+
+
+def test_the_int8_variant_generates_through_the_kv_cache_as_float32_does(toy_bundle, tmp_path, server_factory):
+    """Served by the real server: the int8 prefill and decode graphs with the KV cache's storage and its
+    in-place writes, greedy continuations of the toy task equal to float32's, and the step attention."""
+    import httpx
+
+    from export.quantize import quantize_bundle
+
+    quantize_bundle(toy_bundle, tmp_path / "int8")
+    answers = []
+    for bundle in (toy_bundle, tmp_path / "int8"):
+        server = server_factory(bundle)
+        body = {"prompt": ["I do not", "we do"], "max_tokens": 8, "temperature": 0, "attention": {"layers": [1]}}
+        r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        answers.append([(c["text"], len(c["attention"])) for c in r.json()["choices"]])
+        server.stop()
+    assert answers[0] == answers[1] and answers[0][0][1] == 8
