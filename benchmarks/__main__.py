@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmarks.engine import engine_bench, plot_engine
 from benchmarks.generation import generation_bench
+from benchmarks.gpu import gpu_bench
 from benchmarks.int8 import int8_bench
 from benchmarks.report import machine_info, write_reports
 from loadtest.aiperf import aiperf_bench
@@ -43,6 +44,25 @@ from loadtest.serving import (
 )
 
 log = logging.getLogger("bench")
+
+
+def gpu_main(args: argparse.Namespace, notes: str) -> int:
+    """--gpu: the GPU section into the last full run's results, and the report again."""
+    from service.core.errors import DeviceError
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            gpu = gpu_bench(args.bundle, Path(tmp))
+        except DeviceError as e:
+            log.error("no GPU measurement: %s", e)
+            return 2
+    gpu["wall_seconds"] = round(time.monotonic() - started)
+    results = json.loads((args.docs / "results.json").read_text())
+    results["gpu"] = gpu
+    (args.docs / "results.json").write_text(json.dumps(results, indent=2))
+    write_reports(results, args, notes)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         help="re-run one section (kserve: the service and Triton on the same v2 requests) and rewrite the report",
     )
     p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the GPU section alone (benchmarks/gpu.py), on a lent GPU: stops unless ONNX Runtime runs on CUDA",
+    )
+    p.add_argument(
         "--next-token-only",
         metavar="LABEL",
         help="measure only the service's next-token path and write docs/bench/next_token_LABEL.json "
@@ -85,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = notes_file.read_text() if notes_file.exists() else ""
     if args.next_token_only:
         return next_token_check(args.bundle, args.seconds, args.docs, args.next_token_only)
+    if args.gpu:
+        return gpu_main(args, notes)
     if args.only:
         # One section again, into the last full run's results; the report says when each section ran.
         results = json.loads((args.docs / "results.json").read_text())

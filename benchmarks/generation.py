@@ -31,60 +31,16 @@ def generation_bench(bundle_dir: Path) -> dict:
     streams batched together in lock-step (the runner groups them by length as the service does).
     """
     import asyncio
-    from concurrent.futures import ThreadPoolExecutor
 
     from service.core.bundle import load_bundle
-    from service.core.generation import GenerationParams, Scheduler
     from service.core.runner import ModelRunner
-    from service.core.sampling import SamplingParams
     from service.server.settings import Settings
 
-    bundle = load_bundle(bundle_dir)
-    runner = ModelRunner(bundle, device="cpu", max_padding=Settings().batch_max_padding)
-    room = bundle.context_length - GEN_TOKENS
-    prompts = [np.asarray(e.ids[-room:], dtype=np.int64) for e in bundle.tokenizer.encode_batch(load_prompts())]
-    params = GenerationParams(max_tokens=GEN_TOKENS, sampling=SamplingParams(temperature=0))
-
-    def summary(n: int, wall: float, ttft: list[float], itl: list[float]) -> dict:
-        return {
-            "streams": n,
-            "tokens_per_s": n * GEN_TOKENS / wall,
-            "ttft_p50_ms": percentile(ttft, 50),
-            "ttft_p99_ms": percentile(ttft, 99),
-            "itl_p50_ms": percentile(itl, 50),
-            "itl_p99_ms": percentile(itl, 99),
-        }
+    runner = ModelRunner(load_bundle(bundle_dir), device="cpu", max_padding=Settings().batch_max_padding)
+    prompts = generation_prompts(runner)
 
     async def scheduled(n: int, max_active: int, burst_s: float = 0.005) -> dict:
-        executor = ThreadPoolExecutor(1)
-        sched = Scheduler(
-            runner,
-            executor,
-            bundle.tokenizer,
-            max_active,
-            max_active * bundle.context_length,
-            1024,
-            60,
-            burst_s=burst_s,
-        )
-        sched.start()
-        ttft: list[float] = []
-        itl: list[float] = []
-
-        async def one(stream) -> None:
-            last = stream.submitted
-            async for i, _ in _aenumerate(stream):
-                now = time.perf_counter()
-                (ttft if i == 0 else itl).append(now - last)
-                last = now
-
-        started = time.perf_counter()
-        streams = sched.submit([(prompts[i % len(prompts)], params) for i in range(n)])
-        await asyncio.gather(*(one(s) for s in streams))
-        wall = time.perf_counter() - started
-        await sched.stop(1)
-        executor.shutdown()
-        return summary(n, wall, ttft, itl)
+        return await run_streams(runner, prompts, n, max_active, burst_s)
 
     def recompute(n: int) -> dict:
         seqs = [list(prompts[i % len(prompts)]) for i in range(n)]
@@ -97,7 +53,7 @@ def generation_bench(bundle_dir: Path) -> dict:
                 s.append(int(np.argmax(lp)))
             steps.append(time.perf_counter() - t0)
         wall = time.perf_counter() - started
-        return summary(n, wall, [steps[0]] * n, [t for t in steps[1:] for _ in range(n)])
+        return _summary(n, wall, [steps[0]] * n, [t for t in steps[1:] for _ in range(n)])
 
     asyncio.run(scheduled(4, 4))  # warm-up
     rows = []
@@ -130,33 +86,114 @@ def generation_bench(bundle_dir: Path) -> dict:
     }
 
 
+def generation_prompts(runner) -> list[np.ndarray]:
+    """The load test's prompts, each cut to leave room for GEN_TOKENS in the context."""
+    bundle = runner.bundle
+    room = bundle.context_length - GEN_TOKENS
+    return [np.asarray(e.ids[-room:], dtype=np.int64) for e in bundle.tokenizer.encode_batch(load_prompts())]
+
+
+async def run_streams(runner, prompts: list[np.ndarray], n: int, max_active: int, burst_s: float = 0.005) -> dict:
+    """n greedy streams of GEN_TOKENS tokens through the service's scheduler, on the runner's device
+    (its KV cache storage is there too): tokens/s, time to first token, inter-token latency."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.core.generation import GenerationParams, Scheduler
+    from service.core.sampling import SamplingParams
+
+    bundle = runner.bundle
+    params = GenerationParams(max_tokens=GEN_TOKENS, sampling=SamplingParams(temperature=0))
+    executor = ThreadPoolExecutor(1)
+    sched = Scheduler(
+        runner, executor, bundle.tokenizer, max_active, max_active * bundle.context_length, 1024, 60, burst_s=burst_s
+    )
+    sched.start()
+    ttft: list[float] = []
+    itl: list[float] = []
+
+    async def one(stream) -> None:
+        last = stream.submitted
+        async for i, _ in _aenumerate(stream):
+            now = time.perf_counter()
+            (ttft if i == 0 else itl).append(now - last)
+            last = now
+
+    started = time.perf_counter()
+    streams = sched.submit([(prompts[i % len(prompts)], params) for i in range(n)])
+    await asyncio.gather(*(one(s) for s in streams))
+    wall = time.perf_counter() - started
+    await sched.stop(1)
+    executor.shutdown()
+    return _summary(n, wall, ttft, itl)
+
+
+def _summary(n: int, wall: float, ttft: list[float], itl: list[float]) -> dict:
+    return {
+        "streams": n,
+        "tokens_per_s": n * GEN_TOKENS / wall,
+        "ttft_p50_ms": percentile(ttft, 50),
+        "ttft_p99_ms": percentile(ttft, 99),
+        "itl_p50_ms": percentile(itl, 50),
+        "itl_p99_ms": percentile(itl, 99),
+    }
+
+
 def decode_step_bench(runner, steps: int = 200) -> list[dict]:
     """The decode graph alone, on the service's cache storage: time per step by batch size and
     capacity, and what fetching the attention weights adds. What bounds tokens/s at many streams."""
+    rows = []
+    for batch in GEN_STREAMS:
+        for capacity in (64, runner.bundle.context_length):
+            for attention in (False, True) if batch == max(GEN_STREAMS) else (False,):
+                us = decode_step_us(runner, batch, capacity, attention, steps)
+                rows.append({"batch": batch, "capacity": capacity, "attention": attention, "step_us": us})
+                log.info("decode step: batch %d, capacity %d, attention %s: %.0f us", batch, capacity, attention, us)
+    return rows
+
+
+def engine_tokens_per_s(runner, prompt: np.ndarray, streams: int, tokens: int, repeats: int = 3) -> float:
+    """The graphs' own pace for `streams` copies of a prompt generating `tokens` greedily: one prefill
+    of them all, then one decode step per token on the cache, growing it as the scheduler does, and
+    nothing else (no scheduler, no HTTP, no sampling beyond an argmax). The best of `repeats` runs."""
+    from service.core.kvcache import KVCache
+    from service.core.runner import Job
+
+    arch = runner.bundle.arch
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        cache: KVCache[int] = KVCache(arch.n_layer, arch.n_head, arch.d_head, streams, arch.context_length, runner)
+        first = runner.prefill([Job(prompt) for _ in range(streams)])
+        for row, p in enumerate(first):
+            cache.add(row, p.keys, p.values)
+        chosen = np.array([int(np.argmax(p.logprobs)) for p in first], dtype=np.int64)
+        for t in range(len(prompt), len(prompt) + tokens - 1):
+            cache.fit(t)
+            step = runner.decode(chosen, np.full(streams, t, dtype=np.int64), cache.bound())
+            chosen = step.logprobs.argmax(-1).astype(np.int64)
+        best = max(best, streams * tokens / (time.perf_counter() - started))
+    return best
+
+
+def decode_step_us(runner, batch: int, capacity: int, attention: bool = False, steps: int = 200) -> float:
+    """One decode step of `batch` rows on the service's cache storage at `capacity` positions, alone:
+    the engine's own pace, which generation through HTTP can at best reach."""
     from service.core.kvcache import KVCache
 
     arch = runner.bundle.arch
-    rows = []
-    for batch in GEN_STREAMS:
-        for capacity in (64, arch.context_length):
-            for attention in (False, True) if batch == max(GEN_STREAMS) else (False,):
-                cache: KVCache[int] = KVCache(
-                    arch.n_layer, arch.n_head, arch.d_head, batch, arch.context_length, runner
-                )
-                prompt = np.zeros((arch.n_layer, arch.n_head, capacity - 1, arch.d_head), dtype=np.float32)
-                for b in range(batch):
-                    cache.add(b, prompt, prompt)
-                tokens = np.zeros(batch, dtype=np.int64)
-                positions = np.full(batch, capacity - 1, dtype=np.int64)
-                for _ in range(10):
-                    runner.decode(tokens, positions, cache.bound(), attention=attention)
-                started = time.perf_counter()
-                for _ in range(steps):
-                    runner.decode(tokens, positions, cache.bound(), attention=attention)
-                us = (time.perf_counter() - started) / steps * 1e6
-                rows.append({"batch": batch, "capacity": cache.capacity, "attention": attention, "step_us": us})
-                log.info("decode step: batch %d, capacity %d, attention %s: %.0f us", batch, capacity, attention, us)
-    return rows
+    cache: KVCache[int] = KVCache(arch.n_layer, arch.n_head, arch.d_head, batch, arch.context_length, runner)
+    prompt = np.zeros((arch.n_layer, arch.n_head, capacity - 1, arch.d_head), dtype=np.float32)
+    for b in range(batch):
+        cache.add(b, prompt, prompt)
+    tokens = np.zeros(batch, dtype=np.int64)
+    positions = np.full(batch, capacity - 1, dtype=np.int64)
+    for _ in range(10):
+        runner.decode(tokens, positions, cache.bound(), attention=attention)
+    started = time.perf_counter()
+    for _ in range(steps):
+        runner.decode(tokens, positions, cache.bound(), attention=attention)
+    return (time.perf_counter() - started) / steps * 1e6
 
 
 def _median(run) -> dict:

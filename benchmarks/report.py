@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from benchmarks.generation import generation_report
+from benchmarks.gpu import gpu_report
 from benchmarks.int8 import int8_report
 from benchmarks.report_http import (
     _kserve_workloads,
@@ -137,6 +138,7 @@ def report(results: dict, docs: Path, notes: str) -> str:
         "",
         *kserve_report(results),
         *grpc_report(results),
+        *gpu_report(results),
         *toy_report(results, docs),
         *workers_report(results),
         *tracing_report(results),
