@@ -195,11 +195,12 @@ def test_the_int8_variant_quantizes_next_token_score_and_generation_and_keeps_at
     )
     graph = onnx.load(str(tmp_path / "int8" / "next_token.onnx"), load_external_data=False)
     assert any(i.data_type == onnx.TensorProto.INT8 for i in graph.graph.initializer)
-    # Generation's weights are int8, its attention (queries x keys, weights x values) float32.
+    # Generation's weights are int8; its attention (queries x keys, weights x values in every layer)
+    # and its output layer stay float32.
     for name in ("prefill", "decode"):
         graph = onnx.load(str(tmp_path / "int8" / f"{name}.onnx"), load_external_data=False)
         assert any(i.data_type == onnx.TensorProto.INT8 for i in graph.graph.initializer)
-        assert sum(n.op_type == "MatMul" for n in graph.graph.node) == 2 * bundle.arch.n_layer, name
+        assert sum(n.op_type == "MatMul" for n in graph.graph.node) == 2 * bundle.arch.n_layer + 1, name
     rows = [np.array(bundle.tokenizer.encode(t).ids, dtype=np.int64) for t in ("I do not like", "we do like like.")]
     for a, b in zip(int8.run("next_token", rows), fp32.run("next_token", rows), strict=True):
         assert np.argmax(a) == np.argmax(b) and np.abs(np.exp(a) - np.exp(b)).max() < 0.05
