@@ -153,13 +153,21 @@ def workers_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
     return out
 
 
-TRACING_VARIANTS = ("tracing off", "tracing on", "tracing on, 10% sampled", "tracing off, no access log")
+TRACING_ROUNDS = 2
+TRACING_VARIANTS = (
+    "tracing off",
+    "tracing on",
+    "tracing on, 10% sampled",
+    "tracing on, none sampled",
+    "tracing off, no access log",
+)
 
 
 def tracing_bench(seconds: float, work: Path) -> dict:
     """What observability costs where it shows most, on the toy model's next-token path: tracing off
     (the default), tracing on (every span exported over OTLP/HTTP to a sink on loopback that answers
-    at once), tracing on with one trace in ten sampled, and the access log off."""
+    at once), tracing on with one trace in ten sampled and with none sampled (what a request that is
+    not sampled costs), and the access log off."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -178,14 +186,28 @@ def tracing_bench(seconds: float, work: Path) -> dict:
     env = service_env(ROOT / "bundles" / "toy" / "1")
     script = wrk_script(work, "/v1/next-token", request_bodies("next-token", ["I do not like"]), "tracing")
     otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}"}
-    sampled = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
-    variants = (env, {**env, **otlp}, {**env, **otlp, **sampled}, {**env, "ACCESS_LOG": "false"})
+    ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
+    sampled, unsampled = {**ratio, "OTEL_TRACES_SAMPLER_ARG": "0.1"}, {**ratio, "OTEL_TRACES_SAMPLER_ARG": "0"}
+    variants = (
+        env,
+        {**env, **otlp},
+        {**env, **otlp, **sampled},
+        {**env, **otlp, **unsampled},
+        {**env, "ACCESS_LOG": "false"},
+    )
     servers: Servers = {
         f"service, {name}": ([sys.executable, "-m", "service"], e, "/readyz", script)
         for name, e in zip(TRACING_VARIANTS, variants, strict=True)
     }
     try:
-        return {"servers": drive(servers, seconds, work)}
+        # Two rounds, every variant in turn in each, and the better of each point: a few per cent is
+        # what is measured here, and one run of one server can lose that much to the machine alone.
+        rounds = [drive(servers, seconds, work) for _ in range(TRACING_ROUNDS)]
+        best = {
+            name: [max(points, key=lambda p: p["rps"]) for points in zip(*(r[name] for r in rounds), strict=True)]
+            for name in servers
+        }
+        return {"rounds": TRACING_ROUNDS, "servers": best}
     finally:
         sink.shutdown()
 

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.context import Context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.core.batcher import BatchObserver
@@ -198,7 +197,8 @@ class _EndpointObserver(BatchObserver):
 
 class _TracedEndpointObserver(_EndpointObserver):
     """Each request's wait in the queue as a child of its request span, and each batch's inference as
-    one span linked to every request in the batch (a batch serves many traces, so links, not parents)."""
+    one span linked to every request in the batch (a batch serves many traces, so links; its parent is
+    the first of them, so that a parent-based sampler keeps it with them)."""
 
     def __init__(self, metrics: Metrics, name: str, version: str, endpoint: str) -> None:
         super().__init__(metrics, name, version, endpoint)
@@ -224,8 +224,11 @@ class _TracedEndpointObserver(_EndpointObserver):
             wait.end(end_time=start_ns)
         links = [trace.Link(origin) for origin, _ in firsts.values()]
         attributes = {**self._attributes, "attnserve.batch_rows": len(origins)}
+        # In the trace of the first request it served, linked to every one: as a root it would meet the
+        # sampler on its own, and a ratio sampler would drop most batches of the requests it kept.
+        first = trace.set_span_in_context(trace.NonRecordingSpan(origins[0]))
         span = self._tracer.start_span(
-            "inference", context=Context(), links=links, attributes=attributes, start_time=start_ns
+            "inference", context=first, links=links, attributes=attributes, start_time=start_ns
         )
         span.end(end_time=end_ns)
 

@@ -177,3 +177,26 @@ def test_grpc_calls_continue_the_callers_traceparent_and_link_to_their_batch(toy
     assert call.trace_id.hex() == CALLER_TRACE and call.parent_span_id.hex() == CALLER_SPAN
     assert any(s.name == "queue wait" and s.parent_span_id == call.span_id for s in collected.spans)
     assert call.span_id in {link.span_id for s in collected.spans if s.name == "inference" for link in s.links}
+
+
+def test_a_request_the_sampler_drops_makes_no_span_and_a_sampled_caller_is_still_followed(toy_bundle, server_factory):
+    """parentbased_traceidratio at 0: only the request whose caller's trace is sampled is traced, with its
+    queue wait and its batch; the others (a next-token request and a streamed completion) make no span."""
+    collected = Collected()
+    endpoint, receiver = http_receiver(collected)
+    try:
+        server = server_factory(
+            toy_bundle,
+            max_batch_delay_ms=20,
+            otel_exporter_otlp_endpoint=endpoint,
+            otel_traces_sampler="parentbased_traceidratio",
+            otel_traces_sampler_arg="0",
+            otel_bsp_schedule_delay=100,
+        )
+        drive(server.url)
+        server.stop()
+    finally:
+        receiver.shutdown()
+    names = sorted(s.name for s in collected.spans)
+    assert names == ["POST /v1/next-token", "inference", "queue wait"], names
+    assert {s.trace_id.hex() for s in collected.spans if s.name != "inference"} == {CALLER_TRACE}

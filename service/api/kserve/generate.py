@@ -120,9 +120,7 @@ MODEL = V2Model(
         *COMMON_PARAMS,
         Param("max_tokens", (int,), f"tokens to generate per row, 1 to the context (default {DEFAULT_MAX_TOKENS})"),
         Param("temperature", (int, float), "0 chooses the most likely token; default 1"),
-        Param(
-            "top_p", (int, float), "keep the most likely tokens up to this total probability (default 1)"
-        ),
+        Param("top_p", (int, float), "keep the most likely tokens up to this total probability (default 1)"),
         Param("top_k", (int,), "keep the k most likely tokens; 0 keeps all (default)"),
         Param("seed", (int,), "the same seed gives the same text"),
         Param("stop", (str,), "a string that ends the text (not included)"),

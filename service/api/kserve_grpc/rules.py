@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -21,7 +20,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from service.api.access import bearer_matches
 from service.api.budget import BUDGET_KEY, AnswerTooLargeError, Reservation
-from service.api.deps import LEASES_KEY, LOG_KEY, release_leases
+from service.api.deps import LEASES_KEY, LOG_KEY, new_request_id, release_leases
 from service.api.kserve.codec import V2Error
 from service.api.plugin import core_problem
 
@@ -192,7 +191,7 @@ class CallRules:
         """What every call and every request of a stream holds and leaves: the scope (leases, the
         answer budget, access-line fields), its span, its metrics and its access line."""
         started = time.perf_counter()
-        request_id = metadata.get("x-request-id", "")[:128] or uuid.uuid4().hex
+        request_id = metadata.get("x-request-id", "")[:128] or new_request_id()
         route = f"/{SERVICE}/{method}"
         held = Reservation(self.budget)
         call = Call({BUDGET_KEY: held, LEASES_KEY: [], LOG_KEY: {}})
@@ -240,12 +239,10 @@ class CallRules:
     def _start_span(self, route: str, metadata: dict[str, str], request_id: str) -> tuple[Any, Any]:
         """The call's server span, continuing the caller's traceparent when its metadata has one."""
         parent = PROPAGATOR.extract({k: v for k, v in metadata.items() if k in ("traceparent", "tracestate")})
-        span = self.tracer.start_span(
-            route.lstrip("/"),
-            context=parent,
-            kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "attnserve.request_id": request_id},
-        )
+        span = self.tracer.start_span(route.lstrip("/"), context=parent, kind=trace.SpanKind.SERVER)
+        if not span.is_recording():  # dropped by the sampler: as HTTP's middleware does, nothing more
+            return None, None
+        span.set_attributes({"rpc.system": "grpc", "rpc.service": SERVICE, "attnserve.request_id": request_id})
         return span, context.attach(trace.set_span_in_context(span, parent))
 
 

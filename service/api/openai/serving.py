@@ -159,9 +159,10 @@ class CompletionRun:
         streams = jobs.generate(self.model, [(c.prompt, p) for c, p in zip(choices, params, strict=True)])
         self.log["rows"] = len(choices)
         self._started_ns = time.time_ns()
-        self._span = TRACER.start_span(
-            "generate", attributes={"attnserve.model": self.model.name, "attnserve.sequences": len(choices)}
-        )
+        if trace.get_current_span().is_recording():  # a sampled request: its generation is a span of it
+            self._span = TRACER.start_span(
+                "generate", attributes={"attnserve.model": self.model.name, "attnserve.sequences": len(choices)}
+            )
         return choices, streams
 
     def _finish(self, choices: list[ChoiceState]) -> None:
