@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -97,6 +98,11 @@ def create_app(
         for protocol in protocols:
             if protocol.serve is not None:
                 await listeners.enter_async_context(protocol.serve(app))
+        # What the start made (the models, tokenizers, routes, schemas) leaves the garbage collector's
+        # view: each full pass scanned all of it and stalled the event loop for tens of ms, the cause of
+        # the p99 tail (short prompt, 64 clients: p99 125-131 ms before, 74-96 ms after, alternated runs).
+        gc.collect()
+        gc.freeze()
         app.state.ready = True
         for served in registry.ready():
             log.info("ready: serving %s version %s on %s", served.name, served.version, served.instance.provider)
