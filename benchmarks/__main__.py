@@ -39,9 +39,9 @@ from loadtest.serving import (
     plot_serving,
     serving_bench,
     toy_http_bench,
-    tracing_bench,
     workers_bench,
 )
+from loadtest.tracing import tracing_bench
 
 log = logging.getLogger("bench")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmarks.timing import verdict
 from loadtest.harness import by_concurrency
-from loadtest.serving import TRACING_VARIANTS
+from loadtest.tracing import TRACING_VARIANTS
 from loadtest.triton import TRITON
 
 
