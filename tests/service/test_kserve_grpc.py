@@ -187,6 +187,13 @@ def test_bad_input_gets_the_status_code_triton_gives_with_what_was_wrong(server,
     assert client.is_server_ready()  # and the server keeps serving
 
 
+def test_a_budget_past_grpcs_message_size_still_starts(toy_bundle, server_factory):
+    """gRPC's size options are C ints: MAX_INFLIGHT_BYTES=4 GB (the GPT-2 benchmark's) must not stop the start."""
+    server = with_grpc(server_factory, toy_bundle, max_inflight_bytes=4_000_000_000, max_body_bytes=3_000_000_000)
+    client = tg.InferenceServerClient(grpc_address(server))
+    assert client.infer("toy", [text_input(tg, TEXTS)]).as_numpy("lengths").tolist() == [4, 7]
+
+
 def test_an_answer_larger_than_the_budget_is_resource_exhausted(toy_bundle, server_factory):
     server = with_grpc(server_factory, DEFAULT_BUNDLE, max_inflight_bytes=1_000_000)
     client = tg.InferenceServerClient(grpc_address(server))

@@ -24,6 +24,7 @@ from service.api.kserve_grpc.servicer import InferenceService
 from service.api.plugin import Protocol
 
 log = logging.getLogger(__name__)
+MAX_MESSAGE = 2**31 - 1  # gRPC's message sizes are C ints: a budget of 4 GB is at most this per message
 
 
 @asynccontextmanager
@@ -34,9 +35,9 @@ async def serve(app: Any) -> AsyncIterator[None]:
         return
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_receive_message_length", min(settings.max_body_bytes, MAX_MESSAGE)),
             # Past the answer budget a call is refused before it runs; this is the last guard.
-            ("grpc.max_send_message_length", settings.max_inflight_bytes),
+            ("grpc.max_send_message_length", min(settings.max_inflight_bytes, MAX_MESSAGE)),
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(app.state), server)
