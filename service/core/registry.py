@@ -88,8 +88,13 @@ class ModelStatus:
 
 
 def _give_memory_back() -> None:
-    """After a version is released: collect it, and hand the freed heap pages back (trim_heap)."""
+    """After a version is released: collect it, and hand the freed heap pages back (trim_heap). The
+    server freezes what its start made out of the collector's passes (service/server/app.py), the
+    versions loaded then included: they come back into view for this pass, so that a released one's
+    cycles are collected, and what is left (the serving versions, the new one too) is frozen again."""
+    gc.unfreeze()
     gc.collect()
+    gc.freeze()
     trim_heap()
 
 
