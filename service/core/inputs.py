@@ -27,8 +27,8 @@ class Interventions:
     head_mask: np.ndarray | None = None  # (L, nh) float32: 0 where a head is ablated
     steering: np.ndarray | None = None  # (L, C) float32: added before each block, at every position
 
-    def job(self, ids: np.ndarray) -> Job:
-        return Job(ids, self.head_mask, self.steering)
+    def job(self, ids: np.ndarray, maps: tuple[int, ...] | None = None) -> Job:
+        return Job(ids, self.head_mask, self.steering, maps)
 
 
 NONE = Interventions()

@@ -23,7 +23,7 @@ from service.core.config import CoreConfig, ModelObservers
 from service.core.errors import QueueFullError
 from service.core.generation import GenerationParams, GenerationStream, Scheduler
 from service.core.kvcache import KVCache
-from service.core.runner import Job, ModelRunner, Resumed
+from service.core.runner import Job, ModelRunner, Resumed, attention_held
 from service.core.threads import off_loop, yield_to_event_loop
 
 LARGE_TEXT_CHARS = 20_000
@@ -56,12 +56,14 @@ class ModelInstance:
         arch = bundle.arch
         every_map = arch.n_layer * arch.n_head
         # Batches bounded by their work, not only their rows: the attention graph holds the maps it
-        # returns and one layer's while it runs (jobs.attention_held), and the logit lens the whole
+        # returns and one layer's while it runs (attention_held), and the logit lens the whole
         # vocabulary at every depth and position (a row's cost is its tokens; a single row over the
         # bound still runs, alone).
         batch_costs: dict[str, tuple[Callable[[Any], int], int]] = {
             "attention": (
-                lambda job: ((every_map if job.maps is None else len(job.maps)) + arch.n_head) * len(job.ids) ** 2,
+                lambda job: attention_held(
+                    arch.n_head, every_map if job.maps is None else len(job.maps), len(job.ids) ** 2
+                ),
                 config.max_attention_compute,
             ),
             "logit_lens": (

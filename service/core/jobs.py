@@ -7,7 +7,6 @@ rows to the instance's batchers or sequences to its scheduler, and shapes the ou
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ from service.core.errors import InputError
 from service.core.generation import GenerationParams, GenerationStream
 from service.core.inputs import NONE, Interventions, Row, layer_head_indices
 from service.core.instance import ModelInstance
-from service.core.runner import Job
+from service.core.runner import Job, attention_held
 from service.core.sampling import log_softmax, top_indices
 
 
@@ -110,19 +109,12 @@ async def attention(
         )
     if reserve is not None:
         reserve(values)
-    job = Job(np.empty(0, dtype=np.int64), edits.head_mask, edits.steering, tuple(maps))
-    outputs = await model.submit("attention", [dataclasses.replace(job, ids=r.ids) for r in rows])
+    outputs = await model.submit("attention", [edits.job(r.ids, tuple(maps)) for r in rows])
     where = np.searchsorted(maps, [[layer * arch.n_head + head for head in heads] for layer in layers])
     return [
         AttentionMaps(row, layers, heads, q, np.ascontiguousarray(w[where][:, :, q], dtype=np.float32))
         for row, q, w in zip(rows, picked, outputs, strict=True)
     ]
-
-
-def attention_held(n_head: int, maps: int, squares: int) -> int:
-    """Attention weights the graph holds at once for rows whose squared lengths sum to squares: the
-    maps it returns, and one layer's maps while that layer runs (the batchers' cost, too)."""
-    return (maps + n_head) * squares
 
 
 async def score(model: ModelInstance, rows: list[Row], edits: Interventions = NONE) -> list[TokenScores]:

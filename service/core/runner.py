@@ -94,6 +94,13 @@ class Job:
     maps: tuple[int, ...] | None = None  # attention: the maps to return (bundlespec), ascending; None: all
 
 
+def attention_held(n_head: int, maps: int, squares: int) -> int:
+    """Attention weights the attention graph holds at once for rows whose squared lengths sum to
+    squares: the maps it returns, and one layer's maps while that layer runs (a request's limit and
+    its batcher's cost)."""
+    return (maps + n_head) * squares
+
+
 @dataclass(frozen=True)
 class Resumed:
     """One row of the resume graph: a residual stream (n, C) and its entry point (bundlespec)."""
@@ -187,10 +194,11 @@ class ModelRunner:
         jobs = [r if isinstance(r, Job) else Job(r) for r in rows]
         results: list = [None] * len(jobs)
         # The attention graph's maps input is one for the whole call: rows asking for other maps run
-        # in calls of their own (a union would return every row every row's maps).
+        # in calls of their own (a union would return every row every row's maps). Other graphs' rows
+        # ask for none, and all run together.
         alike: dict[tuple[int, ...] | None, list[int]] = {}
         for i, job in enumerate(jobs):
-            alike.setdefault(job.maps if name == "attention" else None, []).append(i)
+            alike.setdefault(job.maps, []).append(i)
         for members in alike.values():
             for group in group_by_length([len(jobs[i].ids) for i in members], self.max_padding):
                 picked = [members[g] for g in group]

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.access import bearer_matches
 from service.api.budget import BUDGET_KEY, Reservation, ResponseBudget
 from service.api.deps import LEASES_KEY, LOG_KEY, new_request_id, release_leases
 from service.api.plugin import Protocol
+from service.api.spans import start_server_span
 from service.server.connection import SCOPE_KEY
 from service.server.logs import ACCESS
 from service.server.metrics import Metrics
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
 DRAINING = "the server is shutting down; retry on another replica"
-PROPAGATOR = TraceContextTextMapPropagator()
 TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
@@ -189,21 +188,14 @@ class RequestContext:
                 context.detach(token)
 
     def _start_span(self, scope: Scope, headers: dict[bytes, bytes], request_id: str) -> tuple[Any, Any]:
-        """The request's server span, continuing the caller's W3C traceparent when it sent one; (None,
-        None) when the sampler drops it. A dropped span is never exported, so it gets no attributes,
-        no context (nothing below it makes spans: the batch and generation spans follow only sampled
-        requests) and no end: with one trace in ten sampled, nine requests in ten pay only the
-        sampler's decision. The sampler sees the span's name, kind and parent, not its attributes
-        (none of OpenTelemetry's standard samplers reads them)."""
+        """The request's server span (service/api/spans.py), from its traceparent and tracestate headers."""
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items() if k in TRACE_HEADERS}
-        parent = PROPAGATOR.extract(carrier)
-        span = self.tracer.start_span(f"{scope['method']} {scope['path']}", context=parent, kind=trace.SpanKind.SERVER)
-        if not span.is_recording():
-            return None, None
-        span.set_attributes(
-            {"http.request.method": scope["method"], "url.path": scope["path"], "attnserve.request_id": request_id}
-        )
-        return span, context.attach(trace.set_span_in_context(span, parent))
+        attributes = {
+            "http.request.method": scope["method"],
+            "url.path": scope["path"],
+            "attnserve.request_id": request_id,
+        }
+        return start_server_span(self.tracer, f"{scope['method']} {scope['path']}", carrier, attributes)
 
     def _open(self, path: str) -> bool:
         return path.startswith(self.open_paths) or (path == "/" and "/explorer" in self.open_paths)

@@ -25,7 +25,7 @@ from service.core.sampling import SamplingParams
 DEFAULT_MAX_TOKENS = 16  # the OpenAI API's default
 
 
-def start(model: ModelInstance, rows: list[Row], params: dict[str, Any], e: Any) -> list[GenerationStream]:
+async def streams(model: ModelInstance, rows: list[Row], params: dict[str, Any]) -> list[GenerationStream]:
     """Queue each row's generation with the request's parameters; raises when they do not fit."""
     max_tokens = params.get("max_tokens", DEFAULT_MAX_TOKENS)
     if not 1 <= max_tokens <= model.bundle.context_length:
@@ -39,6 +39,7 @@ def start(model: ModelInstance, rows: list[Row], params: dict[str, Any], e: Any)
         raise V2Error(f"parameter 'top_k' must be 0 (every token) or more, not {top_k}")
     seed = params.get("seed")
     stop = params.get("stop")
+    e = await edits(model, params)
     generation = [
         GenerationParams(
             max_tokens=max_tokens,
@@ -52,10 +53,6 @@ def start(model: ModelInstance, rows: list[Row], params: dict[str, Any], e: Any)
         for i in range(len(rows))
     ]
     return jobs.generate(model, list(zip(rows, generation, strict=True)))
-
-
-async def streams(model: ModelInstance, rows: list[Row], params: dict[str, Any]) -> list[GenerationStream]:
-    return start(model, rows, params, await edits(model, params))
 
 
 def step_outputs(steps: list[Step]) -> list[Output]:

@@ -16,17 +16,16 @@ from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import context, trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from service.api.access import bearer_matches
 from service.api.budget import BUDGET_KEY, AnswerTooLargeError, Reservation
 from service.api.deps import LEASES_KEY, LOG_KEY, new_request_id, release_leases
 from service.api.kserve.codec import V2Error
 from service.api.plugin import core_problem
+from service.api.spans import start_server_span
 
 log = logging.getLogger(__name__)
 ACCESS = logging.getLogger("attnserve.access")  # the access lines' logger, as HTTP's (service/server/logs.py)
-PROPAGATOR = TraceContextTextMapPropagator()
 SERVICE = "inference.GRPCInferenceService"
 Code = grpc.StatusCode
 
@@ -237,13 +236,10 @@ class CallRules:
             ACCESS.info("gRPC %s %s", route, code.name, extra={**access, **fields})
 
     def _start_span(self, route: str, metadata: dict[str, str], request_id: str) -> tuple[Any, Any]:
-        """The call's server span, continuing the caller's traceparent when its metadata has one."""
-        parent = PROPAGATOR.extract({k: v for k, v in metadata.items() if k in ("traceparent", "tracestate")})
-        span = self.tracer.start_span(route.lstrip("/"), context=parent, kind=trace.SpanKind.SERVER)
-        if not span.is_recording():  # dropped by the sampler: as HTTP's middleware does, nothing more
-            return None, None
-        span.set_attributes({"rpc.system": "grpc", "rpc.service": SERVICE, "attnserve.request_id": request_id})
-        return span, context.attach(trace.set_span_in_context(span, parent))
+        """The call's server span (service/api/spans.py), from its traceparent and tracestate metadata."""
+        carrier = {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate")}
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "attnserve.request_id": request_id}
+        return start_server_span(self.tracer, route.lstrip("/"), carrier, attributes)
 
 
 def _metadata(ctx: grpc.aio.ServicerContext) -> dict[str, str]:
