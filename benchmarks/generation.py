@@ -156,24 +156,42 @@ def engine_tokens_per_s(runner, prompt: np.ndarray, streams: int, tokens: int, r
     """The graphs' own pace for `streams` copies of a prompt generating `tokens` greedily: one prefill
     of them all, then one decode step per token on the cache, growing it as the scheduler does, and
     nothing else (no scheduler, no HTTP, no sampling beyond an argmax). The best of `repeats` runs."""
+    prompts = np.tile(prompt, (streams, 1))
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        decode_on_cache(runner, prompts, tokens, keep=False)
+        best = max(best, streams * tokens / (time.perf_counter() - started))
+    return best
+
+
+def decode_on_cache(
+    runner, prompts: np.ndarray, steps: int, forced: np.ndarray | None = None, keep: bool = True
+) -> list[np.ndarray]:
+    """The prompts (B, n) prefilled together, then decode steps on the service's KV cache, grown as the
+    scheduler grows it: each step feeds each row's greedy token, or forced[:, s - 1] (teacher forcing)
+    when given. Returns `steps` (B, V) log-probs: after the prompt, then after each fed token; with
+    keep=False only the last (a timing that should do nothing but the steps)."""
     from service.core.kvcache import KVCache
     from service.core.runner import Job
 
     arch = runner.bundle.arch
-    best = 0.0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        cache: KVCache[int] = KVCache(arch.n_layer, arch.n_head, arch.d_head, streams, arch.context_length, runner)
-        first = runner.prefill([Job(prompt) for _ in range(streams)])
-        for row, p in enumerate(first):
-            cache.add(row, p.keys, p.values)
-        chosen = np.array([int(np.argmax(p.logprobs)) for p in first], dtype=np.int64)
-        for t in range(len(prompt), len(prompt) + tokens - 1):
-            cache.fit(t)
-            step = runner.decode(chosen, np.full(streams, t, dtype=np.int64), cache.bound())
-            chosen = step.logprobs.argmax(-1).astype(np.int64)
-        best = max(best, streams * tokens / (time.perf_counter() - started))
-    return best
+    rows, n = prompts.shape
+    cache: KVCache[int] = KVCache(arch.n_layer, arch.n_head, arch.d_head, rows, arch.context_length, runner)
+    first = runner.prefill([Job(p) for p in prompts])
+    for row, p in enumerate(first):
+        cache.add(row, p.keys, p.values)
+    logprobs = [np.stack([p.logprobs for p in first])]
+    for s in range(1, steps):
+        fed = forced[:, s - 1] if forced is not None else logprobs[-1].argmax(-1).astype(np.int64)
+        cache.fit(n + s - 1)
+        step = runner.decode(fed, np.full(rows, n + s - 1, dtype=np.int64), cache.bound())
+        # A step's log-probs lie in memory the next step reuses: kept ones are copied out.
+        if keep:
+            logprobs.append(step.logprobs.copy())
+        else:
+            logprobs[-1] = step.logprobs
+    return logprobs
 
 
 def decode_step_us(runner, batch: int, capacity: int, attention: bool = False, steps: int = 200) -> float:

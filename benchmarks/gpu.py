@@ -19,7 +19,6 @@ import asyncio
 import datetime as dt
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,28 +113,10 @@ def _serving(bundle_dir: Path, work: Path) -> dict:
         import fastapi  # noqa: F401  (the server's own dependencies must have been brought along)
     except ImportError:
         return {"skipped": "the server's dependencies (fastapi, uvicorn...) are not installed here"}
-    from loadtest.grpc_load import CONCURRENCY, drive_grpc
-    from loadtest.harness import Server, free_port, short_prompt
-    from loadtest.triton import triton_server
+    from loadtest.grpc_load import grpc_bench
 
-    prompt = short_prompt(bundle_dir)
-    out: dict = {}
-    port = free_port()
-    env = {"MODEL_DIR": str(bundle_dir), "DEVICE": "cuda", "LOG_LEVEL": "warning", "GRPC_PORT": str(port)}
-    peers = [("service, KServe v2 gRPC", [sys.executable, "-m", "service"], env, port)]
-    triton = triton_server(bundle_dir)
-    for name, argv, environ, grpc_port in peers + ([("Triton, KServe v2 gRPC", *triton, None)] if triton else []):
-        server = Server(name.split(",")[0].lower(), argv, environ, work)
-        try:
-            server.wait_ready("/v2/models/next_token/ready", timeout=300)
-            address = f"127.0.0.1:{grpc_port or server.port + 1}"
-            drive_grpc(address, prompt, 16, 2)
-            out[name] = drive_grpc(address, prompt, CONCURRENCY, 10)
-        finally:
-            server.stop()
-    if not triton:
-        out["triton"] = "skipped: no .venv-triton on this machine"
-    return out
+    # The device has no wrk: gRPC rows only, from the project's own client.
+    return grpc_bench(bundle_dir, 10, work, env={"DEVICE": "cuda"}, http=False)["servers"]
 
 
 def gpu_report(results: dict) -> list[str]:

@@ -94,15 +94,23 @@ def drive_grpc(address: str, prompt: str, concurrency: int, seconds: float) -> d
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def grpc_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
+def grpc_bench(
+    bundle_dir: Path, seconds: float, work: Path, env: dict[str, str] | None = None, http: bool = True
+) -> dict:
     """The short-prompt next-token request at concurrency 64, one worker: the service over gRPC and over
-    HTTP (one server, both ports), then Triton over gRPC and HTTP; requests/s and latency percentiles."""
+    HTTP (one server, both ports), then Triton over gRPC and HTTP; requests/s and latency percentiles.
+    `env`: more settings for the service (DEVICE=cuda); http=False leaves out wrk's HTTP rows."""
     prompt = short_prompt(bundle_dir)
     script = wrk_script(work, "/v2/models/next_token/infer", kserve_bodies([prompt]), "grpc_bench")
     out: dict = {"date": dt.date.today().isoformat(), "seconds": seconds, "concurrency": CONCURRENCY, "servers": {}}
     grpc_port = free_port()
     peers: list[tuple[str, list[str], dict[str, str], int | None]] = [
-        ("service", [sys.executable, "-m", "service"], {**service_env(bundle_dir), "GRPC_PORT": str(grpc_port)}, None)
+        (
+            "service",
+            [sys.executable, "-m", "service"],
+            {**service_env(bundle_dir), **(env or {}), "GRPC_PORT": str(grpc_port)},
+            None,
+        )
     ]
     triton = triton_server(bundle_dir)
     if triton is None:
@@ -116,9 +124,10 @@ def grpc_bench(bundle_dir: Path, seconds: float, work: Path) -> dict:
             address = f"127.0.0.1:{server.port + offset if offset else grpc_port}"
             drive_grpc(address, prompt, 16, 2)  # warm-up
             out["servers"][f"{name}, KServe v2 gRPC"] = drive_grpc(address, prompt, CONCURRENCY, seconds)
-            run_wrk(server.url, script, 16, 2)
-            out["servers"][f"{name}, KServe v2 HTTP (wrk)"] = run_wrk(server.url, script, CONCURRENCY, seconds)
-            for label in (f"{name}, KServe v2 gRPC", f"{name}, KServe v2 HTTP (wrk)"):
+            if http:
+                run_wrk(server.url, script, 16, 2)
+                out["servers"][f"{name}, KServe v2 HTTP (wrk)"] = run_wrk(server.url, script, CONCURRENCY, seconds)
+            for label in (k for k in out["servers"] if k.startswith(f"{name}, ")):
                 p = out["servers"][label]
                 log.info("%s: %.0f req/s, p99 %.1f ms, errors %d", label, p["rps"], p["p99_ms"], p["errors"])
         finally:
