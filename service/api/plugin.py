@@ -11,13 +11,15 @@ has one (gRPC). Neither names a protocol.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import re
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 from service.core.errors import (
     ControlError,
@@ -32,6 +34,30 @@ from service.core.registry import ModelRegistry
 
 # (status, code, message, headers) -> a response in the protocol's error shape
 ErrorRenderer = Callable[[int, str, str, "dict[str, str] | None"], Response]
+# (scope, headers, body, app state) -> the answer, or None for a request the framework should answer
+LeanHandler = Callable[[MutableMapping[str, Any], dict[bytes, bytes], bytes, Any], Awaitable["Response | None"]]
+
+
+@dataclass(frozen=True)
+class Lean:
+    """A hot route answered without the framework's layers (routing, dependencies, exit stacks), which
+    cost the event loop more than a short request's own work. The protocol still declares the route on
+    its router, for the OpenAPI document and for the requests the handler gives back (None)."""
+
+    method: str
+    path: str  # the route's template, as on the router: "/v2/models/{name}/infer"; the metrics' label
+    handler: LeanHandler
+    regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regex", compile_path(self.path)[0])
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        """The path's parameters when this route takes the request, else None."""
+        if method != self.method:
+            return None
+        m = self.regex.match(path)
+        return m.groupdict() if m else None
 
 
 @dataclass(frozen=True)
@@ -42,8 +68,7 @@ class Protocol:
     owns: Callable[[str], bool] = lambda path: False  # paths whose errors take this protocol's shape
     takes_work: Callable[[str], bool] = lambda path: False  # paths that run a model
     changes_server: Callable[[str], bool] = lambda path: False  # paths that need an admin key
-    # (method, path) -> a handler that answers a JSON body without the framework (scope, body, app state)
-    lean: Mapping[tuple[str, str], Callable[..., Awaitable[Any]]] = field(default_factory=dict)
+    lean: Sequence[Lean] = ()  # hot routes the middleware answers without the framework
     public_paths: tuple[str, ...] = ()  # path prefixes that never need a key (the protocol's health probes)
     # The protocol's app-wide state, made from the model registry at start (app.state.<name>)
     state: Callable[[ModelRegistry], Any] | None = None

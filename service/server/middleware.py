@@ -50,7 +50,7 @@ class RequestContext:
         self.default, self.protocols = protocols[0], protocols[1:]
         self.takes_work = [p.takes_work for p in protocols]
         self.changes_server = [p.changes_server for p in protocols]
-        self.lean = {key: handler for p in protocols for key, handler in p.lean.items()}
+        self.lean = [route for p in protocols for route in p.lean]
         self.admin_keys = [k.encode() for k in settings.admin_key_list()]
         self.metrics = metrics
         self.max_body_bytes = settings.max_body_bytes
@@ -129,6 +129,7 @@ class RequestContext:
             if body is GONE:
                 status = 408 if connection is not None and connection.body_timed_out else 499
                 return
+            assert isinstance(body, bytes)
             sent = False
 
             async def replay() -> Message:
@@ -138,20 +139,25 @@ class RequestContext:
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
 
-            lean = self.lean.get((scope["method"], path))
-            if lean is not None and body and headers.get(b"content-type", b"").startswith(b"application/json"):
+            for lean in self.lean if body else ():
+                params = lean.match(scope["method"], path)
+                if params is None:
+                    continue
+                scope["path_params"] = params
                 try:
-                    response = await lean(scope, body, self.state)
+                    response = await lean.handler(scope, headers, body, self.state)
                 except Exception:
                     log.exception("unhandled error, id=%s", request_id)
                     await reply(500, "internal_error", "internal error; see the server log")
                     return
-                if response is not None:  # None: not a body the lean handler takes; the framework answers
-                    scope["route"] = LeanRoute(path)  # the metrics' label, as the framework's route gives it
-                    await response(scope, replay, send_with_id)
-                    if connection is not None and not await connection.flushed():
-                        status = 499
-                    return
+                if response is None:  # not a request the lean handler takes: the framework answers it
+                    del scope["path_params"]
+                    break
+                scope["route"] = LeanRoute(lean.path)  # the metrics' label, as the framework's route gives it
+                await response(scope, replay, send_with_id)
+                if connection is not None and not await connection.flushed():
+                    status = 499
+                return
             try:
                 await self.app(scope, replay, send_with_id)
             except Exception:

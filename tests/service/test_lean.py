@@ -1,5 +1,9 @@
-"""The lean next-token path answers exactly as the FastAPI route does: the same body through both
-(application/json takes the lean path; application/vnd.api+json, also JSON, takes the framework's)."""
+"""The lean paths answer exactly as the FastAPI routes do: the same body through both. Native
+next-token: application/json takes the lean path, application/vnd.api+json (also JSON) the framework's.
+KServe v2 infer: JSON, binary tensors and no content type take the lean path, text/plain the framework's."""
+
+import json
+import struct
 
 import httpx
 import pytest
@@ -44,3 +48,57 @@ def test_lean_requests_are_counted_under_their_route(toy_server):
         httpx.get(toy_server.url + "/metrics").text, "attnserve_requests_total", route="/v1/next-token"
     )
     assert after == before + 1
+
+
+def _v2(inputs: list[dict], **extra: object) -> bytes:
+    return json.dumps({"inputs": inputs, **extra}).encode()
+
+
+TEXT = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["we do like"]}
+IDS = {"name": "input_ids", "shape": [2, 3], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]}
+TOP3 = [{"name": "next_token_logprobs", "parameters": {"classification": 3}}]
+# The binary tensor data extension: a JSON header, then the raw tensor bytes.
+BINARY_HEADER = json.dumps(
+    {"inputs": [{"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "parameters": {"binary_data_size": 16}}]}
+).encode()
+V2_CASES = [  # (model path, body, headers): six answers, then seven errors
+    ("next_token", _v2([TEXT]), {}),
+    ("toy.next_token", _v2([TEXT], outputs=TOP3), {}),
+    ("next_token", _v2([IDS], parameters={"temperature": 0.5}), {}),
+    ("toy/versions/1", _v2([TEXT]), {}),
+    ("attention", _v2([TEXT], parameters={"layers": "1", "heads": "0"}), {}),
+    ("score", BINARY_HEADER + struct.pack("<2q", 3, 4), {"Inference-Header-Content-Length": str(len(BINARY_HEADER))}),
+    ("next_token", _v2([TEXT], parameters={"nope": 1}), {}),  # unknown parameter
+    ("next_token", b'{"inputs": [', {}),  # not JSON
+    ("next_token", _v2([{**TEXT, "datatype": "INT64"}]), {}),  # wrong datatype
+    ("nope", _v2([TEXT]), {}),  # unknown model
+    ("toy/versions/9", _v2([TEXT]), {}),  # unknown version
+    ("next_token", _v2([TEXT], outputs=[{"name": "nope"}]), {}),
+    ("next_token", _v2([{**IDS, "data": [1, 2, 3, 4, 5, 99999]}]), {}),  # a token id past the vocabulary
+]
+
+
+@pytest.mark.parametrize(("model", "body", "headers"), V2_CASES)
+def test_the_lean_v2_infer_path_answers_as_the_framework_does(toy_server, model, body, headers):
+    url = f"{toy_server.url}/v2/models/{model}/infer"
+    framework = httpx.post(url, content=body, headers={**headers, "Content-Type": "text/plain"})
+    assert (framework.status_code == 200) == (V2_CASES.index((model, body, headers)) < 6), framework.text
+    for content_type in ("application/json", "application/octet-stream", None):
+        sent = {**headers, **({"Content-Type": content_type} if content_type else {})}
+        lean = httpx.post(url, content=body, headers=sent)
+        assert lean.status_code == framework.status_code, (lean.text, framework.text)
+        assert lean.content == framework.content
+        assert lean.headers["content-type"] == framework.headers["content-type"]
+        assert lean.headers.get("inference-header-content-length") == framework.headers.get(
+            "inference-header-content-length"
+        )
+
+
+def test_lean_v2_requests_are_counted_under_their_route_template(toy_server):
+    route = "/v2/models/{name}/infer"
+    metrics = httpx.get(toy_server.url + "/metrics").text
+    before = metric_value(metrics, "attnserve_requests_total", route=route)
+    for name in ("next_token", "toy.next_token", "toy"):
+        httpx.post(f"{toy_server.url}/v2/models/{name}/infer", content=_v2([TEXT]))
+    after = metric_value(httpx.get(toy_server.url + "/metrics").text, "attnserve_requests_total", route=route)
+    assert after == before + 3

@@ -7,6 +7,7 @@ or version, 503 with Retry-After when overloaded or draining, 504 past REQUEST_T
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from typing import Annotated, Any
 
 import orjson
@@ -15,12 +16,12 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from service.api.budget import reservation
-from service.api.deps import Registry, not_ready, note
+from service.api.deps import LOG_KEY, Registry, not_ready
 from service.api.kserve.codec import HEADER_LENGTH, InferRequestHeader, V2Error, decompress, parse_request
 from service.api.kserve.jobs import MODELS
 from service.api.kserve.serving import Target, V2Serving
 from service.api.kserve.v2model import MAX_INPUT_RANK
-from service.api.plugin import RETRY_AFTER, Protocol, core_problem
+from service.api.plugin import RETRY_AFTER, Lean, Protocol, core_problem
 from service.api.problems import summary
 from service.api.strict import ProtocolRoute
 from service.core.errors import ControlError
@@ -195,16 +196,49 @@ INFER_BODY = {
 
 async def infer(m: Model, request: Request) -> Response:
     """Run a model on JSON or binary tensors (the binary tensor data extension)."""
-    s: V2Serving = request.app.state.kserve
-    limit = request.app.state.settings.max_body_bytes
-    body = decompress(await request.body(), request.headers.get("content-encoding"), limit)
-    parsed = parse_request(body, request.headers.get(HEADER_LENGTH), MAX_INPUT_RANK)
-    content, header_length = await s.infer(m, parsed, reservation(request.scope), note(request))
+    return await _answer(request.scope, request.app.state, m, dict(request.scope["headers"]), await request.body())
+
+
+async def lean_infer(
+    scope: MutableMapping[str, Any], headers: dict[bytes, bytes], body: bytes, state: Any
+) -> Response | None:
+    """The infer route without the framework (plugin.Lean): the same answer and the same errors. It takes
+    what v2 clients send (JSON, binary tensors, or no content type, as tritonclient); a body of another
+    content type goes through the framework's route, which reads it the same way."""
+    if headers.get(b"content-type", b"application/json").split(b";")[0].strip() not in LEAN_TYPES:
+        return None
+    try:
+        params = scope["path_params"]
+        target = state.kserve.target(scope, params["name"], params.get("version"))
+        return await _answer(scope, state, target, headers, body)
+    except Exception as e:  # noqa: BLE001 (every error is answered in the v2 shape, as the route's class does)
+        return error_response(*error_body(e))
+
+
+async def _answer(
+    scope: MutableMapping[str, Any], state: Any, m: Target, headers: dict[bytes, bytes], body: bytes
+) -> Response:
+    """The one infer path, from the raw headers and body: the route and the lean handler both end here."""
+    body = decompress(body, _header(headers, b"content-encoding"), state.settings.max_body_bytes)
+    parsed = parse_request(body, _header(headers, HEADER_LENGTH_KEY), MAX_INPUT_RANK)
+    content, header_length = await state.kserve.infer(m, parsed, reservation(scope), scope.setdefault(LOG_KEY, {}))
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(
         content, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(header_length)}
     )
+
+
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return None if value is None else value.decode("latin-1")  # as Starlette decodes them
+
+
+HEADER_LENGTH_KEY = HEADER_LENGTH.encode("latin-1")
+LEAN_TYPES = (b"application/json", b"application/octet-stream")
+
+
+INFER_PATHS = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 
 
 def _add_model_routes() -> None:
@@ -238,6 +272,7 @@ protocol = Protocol(
     render_error,
     owns=lambda path: path.startswith("/v2/"),
     takes_work=lambda path: path.startswith("/v2/models/") and path.endswith("/infer"),
+    lean=tuple(Lean("POST", path, lean_infer) for path in INFER_PATHS),
     changes_server=lambda path: path.startswith("/v2/repository/models/"),
     public_paths=("/v2/health/",),
     state=V2Serving,

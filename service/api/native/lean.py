@@ -23,11 +23,16 @@ from service.api.deps import LOG_KEY, lease_in
 from service.api.native import serving
 from service.api.native.errors import error_response
 from service.api.native.protocol import NextTokenRequest
+from service.api.plugin import Lean
 from service.api.strict import loads_strict
 
 
-async def next_token(scope: dict[str, Any], body: bytes, state: Any) -> Response | None:
+async def next_token(
+    scope: MutableMapping[str, Any], headers: dict[bytes, bytes], body: bytes, state: Any
+) -> Response | None:
     """The answer, or None for a body that is not a JSON object (the framework answers those, in its words)."""
+    if not headers.get(b"content-type", b"").startswith(b"application/json"):
+        return None
     try:
         data = loads_strict(body)
     except json.JSONDecodeError as e:  # what FastAPI makes of the same body
@@ -52,4 +57,4 @@ async def answer_next_token(scope: MutableMapping[str, Any], state: Any, req: Ne
     return Response(await serving.next_token(model, req, reservation(scope)), media_type="application/json")
 
 
-LEAN = {("POST", "/v1/next-token"): next_token}
+LEAN = Lean("POST", "/v1/next-token", next_token)

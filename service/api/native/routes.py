@@ -138,5 +138,5 @@ protocol = Protocol(
     [router],
     render_error,
     takes_work=lambda path: path.startswith("/v1/"),
-    lean=lean.LEAN,
+    lean=(lean.LEAN,),
 )
