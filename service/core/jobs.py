@@ -55,7 +55,9 @@ async def next_token_logprobs(
     model: ModelInstance, rows: list[Row], temperature: float = 1.0, edits: Interventions = NONE
 ) -> list[np.ndarray]:
     """Each row's next-token log-probabilities over the whole vocabulary, (vocab,) float64."""
-    outputs = await _run(model, "next_token", rows, edits)
+    outputs = await _run(model, "next_token", rows, edits)  # normalised in float64 at temperature 1
+    if temperature == 1.0:
+        return outputs
     return [log_softmax(logprobs, temperature) for logprobs in outputs]
 
 

@@ -19,6 +19,7 @@ from service.core.bundle import Bundle
 from service.core.errors import BundleError, DeviceError
 from service.core.kvcache import Bound
 from service.core.memory import trim_heap
+from service.core.sampling import log_softmax
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class ModelRunner:
         rows with and without ablated heads share a call (the graphs take a head mask per row).
 
         Returns each row's share of the outputs, in order (bundlespec's take_row): next_token (V,)
-        log-probs; attention (maps, n, n) weights, the row's maps (every one: L * nh) in order;
+        float64 log-probs, normalised again in float64; attention (maps, n, n) weights, the row's maps (every one: L * nh) in order;
         score ((n-1,) log-probs, (n-1, K) top log-probs, (n-1, K) top ids). Rows of similar length
         run together (see group_by_length); each group is padded to its longest.
         """
@@ -204,6 +205,10 @@ class ModelRunner:
                 picked = [members[g] for g in group]
                 # Padding up to min_length lets a too-short row through: take_row cuts its share to empty.
                 outputs = self._run_padded(name, [jobs[i] for i in picked], spec.min_length)
+                if name == "next_token":
+                    # Here, for the whole batch in one call, on this worker thread: row by row on the
+                    # event loop this was a tenth of a short request's Python time.
+                    outputs = [log_softmax(outputs[0]), *outputs[1:]]
                 for j, i in enumerate(picked):
                     results[i] = take_row(outputs, j, len(jobs[i].ids))
         return results
