@@ -185,9 +185,9 @@ class ModelRunner:
         rows with and without ablated heads share a call (the graphs take a head mask per row).
 
         Returns each row's share of the outputs, in order (bundlespec's take_row): next_token (V,)
-        float64 log-probs, normalised again in float64; attention (maps, n, n) weights, the row's maps (every one: L * nh) in order;
-        score ((n-1,) log-probs, (n-1, K) top log-probs, (n-1, K) top ids). Rows of similar length
-        run together (see group_by_length); each group is padded to its longest.
+        log-probs, normalised again in float64; attention (maps, n, n) weights, the row's maps (every
+        one: L * nh) in order; score ((n-1,) log-probs, (n-1, K) top log-probs, (n-1, K) top ids).
+        Rows of similar length run together (see group_by_length); each group is padded to its longest.
         """
         spec = GRAPHS[name]
         take_row = spec.take_row

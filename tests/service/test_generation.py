@@ -13,7 +13,7 @@ from service.core.errors import InputError, QueueFullError
 from service.core.generation import GenerationObserver, GenerationParams, Scheduler
 from service.core.kvcache import KVCache
 from service.core.runner import Job, ModelRunner
-from service.core.sampling import Sampler, SamplingParams, log_softmax
+from service.core.sampling import ARGMAX_UP_TO, Sampler, SamplingParams, log_softmax, top_indices
 from service.core.text import TextTracker
 
 GREEDY = SamplingParams(temperature=0)
@@ -78,6 +78,16 @@ def test_top_k_and_top_p_cut_the_tail():
 
 
 # -- text ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, ARGMAX_UP_TO, ARGMAX_UP_TO + 1, 40])
+def test_top_indices_orders_by_value_then_id_whichever_way_it_picks(k):
+    rng = np.random.default_rng(k)
+    for _ in range(300):
+        lp = rng.integers(-3, 3, int(rng.integers(1, 60))).astype(np.float64)  # many equal values
+        lp[rng.random(len(lp)) < 0.3] = -np.inf  # and some impossible tokens
+        want = sorted(range(len(lp)), key=lambda i: (-lp[i], i))[:k]
+        assert top_indices(lp, k).tolist() == want
 
 
 def test_text_tracker_holds_back_stop_strings_and_split_characters(toy_bundle):
