@@ -36,9 +36,8 @@ async def _next_token(
     temperature = params.get("temperature", 1.0)
     if not 1e-3 <= temperature <= 100:
         raise V2Error(f"parameter 'temperature' must be between 0.001 and 100, not {temperature}")
-    logprobs = np.stack(await jobs.next_token_logprobs(model, rows, temperature, await edits(model, params))).astype(
-        np.float32
-    )
+    rows_logprobs = await jobs.next_token_logprobs(model, rows, temperature, await edits(model, params))
+    logprobs = np.array(rows_logprobs, dtype=np.float32)  # one copy; np.stack then astype made two
     return [Output("next_token_logprobs", "FP32", logprobs, logprobs.shape), lengths(rows)]
 
 
