@@ -94,12 +94,17 @@ def check_traces(spans: list) -> None:
     assert len(requests) == 2
     continued = [s for s in requests if s.trace_id.hex() == CALLER_TRACE]
     assert len(continued) == 1 and continued[0].parent_span_id.hex() == CALLER_SPAN, "traceparent is continued"
-    # Each request's queue wait is its child; the batch's inference links to the requests it served.
+    # Each request's span has a batch event at the start of its batch, with its wait; the batch's
+    # inference links to the requests it served and starts where their events say.
     request_ids = {s.span_id for s in requests}
-    waits = [s for s in by_name["queue wait"] if s.parent_span_id in request_ids]
-    assert {w.parent_span_id for w in waits} == request_ids
     linked = {link.span_id for s in by_name["inference"] for link in s.links}
     assert request_ids <= linked
+    starts = {s.start_time_unix_nano for s in by_name["inference"]}
+    for s in requests:
+        (event,) = [e for e in s.events if e.name == "batch"]
+        assert event.time_unix_nano in starts
+        waited = {a.key: a.value for a in event.attributes}["attnserve.queue_wait_ms"].double_value
+        assert 0 <= waited < (event.time_unix_nano - s.start_time_unix_nano) / 1e6
     # Generation: a span under the completion's request span, and the prefill (to the first token) under it.
     (completion,) = by_name["POST /v1/completions"]
     (generate,) = by_name["generate"]
@@ -175,13 +180,13 @@ def test_grpc_calls_continue_the_callers_traceparent_and_link_to_their_batch(toy
         receiver.shutdown()
     (call,) = [s for s in collected.spans if s.name == "inference.GRPCInferenceService/ModelInfer"]
     assert call.trace_id.hex() == CALLER_TRACE and call.parent_span_id.hex() == CALLER_SPAN
-    assert any(s.name == "queue wait" and s.parent_span_id == call.span_id for s in collected.spans)
+    assert [e.name for e in call.events] == ["batch"]
     assert call.span_id in {link.span_id for s in collected.spans if s.name == "inference" for link in s.links}
 
 
 def test_a_request_the_sampler_drops_makes_no_span_and_a_sampled_caller_is_still_followed(toy_bundle, server_factory):
     """parentbased_traceidratio at 0: only the request whose caller's trace is sampled is traced, with its
-    queue wait and its batch; the others (a next-token request and a streamed completion) make no span."""
+    batch; the others (a next-token request and a streamed completion) make no span."""
     collected = Collected()
     endpoint, receiver = http_receiver(collected)
     try:
@@ -198,5 +203,5 @@ def test_a_request_the_sampler_drops_makes_no_span_and_a_sampled_caller_is_still
     finally:
         receiver.shutdown()
     names = sorted(s.name for s in collected.spans)
-    assert names == ["POST /v1/next-token", "inference", "queue wait"], names
+    assert names == ["POST /v1/next-token", "inference"], names
     assert {s.trace_id.hex() for s in collected.spans if s.name != "inference"} == {CALLER_TRACE}
