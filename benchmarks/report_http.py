@@ -62,7 +62,7 @@ def tracing_report(results: dict) -> list[str]:
         "## What observability costs",
         "",
         "The toy model's next-token path (where the request path is nearly all the cost), from the same wrk: "
-        "tracing off (the default: no `OTEL_*` endpoint), tracing on (every request's spans, its queue wait and "
+        "tracing off (the default: no `OTEL_*` endpoint), tracing on (every request's span, with its batch event, and "
         "its batch's inference span exported over OTLP/HTTP to a sink on loopback that answers at once), one trace "
         "in ten sampled (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.1`), none "
         "sampled (the same sampler at 0: what a request that is not sampled costs), and the access log off; "
