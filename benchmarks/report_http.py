@@ -287,19 +287,44 @@ def kserve_report(results: dict) -> list[str]:
         out += [
             f"**{label}**" + (" (`loadtest/prompts.txt`)" if label == "prompt mix" else ", the same text every time"),
             "",
-            "| server | clients | requests/s | p50 ms | p90 ms | p99 ms | errors | mean batch | loop µs/request |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| server | clients | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | mean batch "
+            "| loop µs/request |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, points in w["servers"].items():
             for p in points:
                 batch = f"{p['mean_batch']:.1f}" if "mean_batch" in p else ""
                 loop = f"{p['loop_us_per_request']:.0f}" if "loop_us_per_request" in p else ""
+                tail = f"{p['p99.9_ms']:.1f}" if "p99.9_ms" in p else ""
                 out.append(
                     f"| {name} | {p['concurrency']} | {p['rps']:.1f} | {p['p50_ms']:.1f} | {p['p90_ms']:.1f} | "
-                    f"{p['p99_ms']:.1f} | {p['errors'] + p['socket_errors']} | {batch} | {loop} |"
+                    f"{p['p99_ms']:.1f} | {tail} | {p['errors'] + p['socket_errors']} | {batch} | {loop} |"
                 )
-        out.append("")
+        out += ["", *_stages(w["servers"])]
     return out
+
+
+def _stages(servers: dict[str, list[dict]]) -> list[str]:
+    """Where a request's time went in the service, per point: means from its own histograms."""
+    rows = [
+        f"| {name} | {p['concurrency']} | {s['request']:.1f} | {s['queue wait']:.1f} | {s['inference']:.1f} | "
+        f"{s['request'] - s['queue wait'] - s['inference']:.1f} |"
+        for name, points in servers.items()
+        for p in points
+        if (s := p.get("stages_ms")) is not None
+    ]
+    if not rows:
+        return []
+    return [
+        "Where the time went inside the service, as means from its histograms over each point: the request "
+        "(arrival to the last byte written), its row's wait for a batch, the batch's inference, and the rest "
+        "(reading, tokenizing and answering the request, and waiting for the event loop between them).",
+        "",
+        "| server | clients | request ms | queue wait ms | inference ms | the rest ms |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def grpc_report(results: dict) -> list[str]:

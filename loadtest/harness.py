@@ -125,14 +125,37 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
     }
 
 
-def batch_totals(metrics: str, endpoint: str = "next_token") -> tuple[float, float]:
-    """(rows, batches) so far, from the service's batch-size histogram."""
+def histogram_totals(metrics: str, histogram: str, label: str) -> tuple[float, float]:
+    """(sum, count) so far of one of the service's histograms, over the series with this label
+    (`endpoint="next_token"`), summed over the others (model versions, routes)."""
     values = []
     for name in ("sum", "count"):
-        # Summed over every model version (its labels: model, version, endpoint).
-        found = re.findall(rf'attnserve_batch_size_{name}{{[^}}]*endpoint="{endpoint}"[^}}]*}} ([0-9.e+]+)', metrics)
+        found = re.findall(rf"{histogram}_{name}{{[^}}]*{label}[^}}]*}} ([0-9.e+]+)", metrics)
         values.append(sum(float(v) for v in found))
     return values[0], values[1]
+
+
+def batch_totals(metrics: str, endpoint: str = "next_token") -> tuple[float, float]:
+    """(rows, batches) so far, from the service's batch-size histogram."""
+    return histogram_totals(metrics, "attnserve_batch_size", f'endpoint="{endpoint}"')
+
+
+# Where a request's time goes in the server, as means from its histograms: its whole time there (to
+# the last byte written), its rows' wait for a batch, and the batch's inference.
+STAGES = {
+    "request": ("attnserve_request_latency_seconds", 'protocol="http"'),
+    "queue wait": ("attnserve_queue_wait_seconds", 'endpoint="next_token"'),
+    "inference": ("attnserve_inference_seconds", 'endpoint="next_token"'),
+}
+
+
+def stage_means_ms(before: str, after: str) -> dict[str, float]:
+    """Each stage's mean in ms between two /metrics texts."""
+    out = {}
+    for stage, (histogram, label) in STAGES.items():
+        (s0, n0), (s1, n1) = histogram_totals(before, histogram, label), histogram_totals(after, histogram, label)
+        out[stage] = (s1 - s0) * 1000 / max(1.0, n1 - n0)
+    return out
 
 
 TRITON = "Triton (PyTriton), KServe v2"
@@ -152,7 +175,7 @@ def drive(servers: Servers, seconds: float, work: Path) -> dict[str, list[dict]]
             run_wrk(server.url, script, 16, 2)  # warm-up
             points = []
             for c in CONCURRENCY:
-                before = batch_totals(server.metrics()) if name.startswith("service") else None
+                before = server.metrics() if name.startswith("service") else None
                 cpu_before = main_thread_cpu_s(server.process.pid)
                 point = run_wrk(server.url, script, c, seconds)
                 if name.startswith("service") and env.get("WORKERS", "1") == "1":
@@ -171,8 +194,10 @@ def drive(servers: Servers, seconds: float, work: Path) -> dict[str, list[dict]]
                 )
                 points.append(point)
                 if before is not None:
-                    after = batch_totals(server.metrics())
-                    point["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+                    after = server.metrics()
+                    (rows0, batches0), (rows1, batches1) = batch_totals(before), batch_totals(after)
+                    point["mean_batch"] = (rows1 - rows0) / max(1.0, batches1 - batches0)
+                    point["stages_ms"] = stage_means_ms(before, after)
             out[name] = points
         finally:
             server.stop()
