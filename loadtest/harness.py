@@ -128,11 +128,13 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
 def histogram_totals(metrics: str, histogram: str, label: str) -> tuple[float, float]:
     """(sum, count) so far of one of the service's histograms, over the series with this label
     (`endpoint="next_token"`), summed over the others (model versions, routes)."""
-    values = []
-    for name in ("sum", "count"):
-        found = re.findall(rf"{histogram}_{name}{{[^}}]*{label}[^}}]*}} ([0-9.e+]+)", metrics)
-        values.append(sum(float(v) for v in found))
-    return values[0], values[1]
+    totals = {"sum": 0.0, "count": 0.0}
+    for line in metrics.splitlines():
+        # Line by line: a label value may hold braces (the route template /v2/models/{name}/infer).
+        for name in totals:
+            if line.startswith(f"{histogram}_{name}{{") and label in line:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals["sum"], totals["count"]
 
 
 def batch_totals(metrics: str, endpoint: str = "next_token") -> tuple[float, float]:

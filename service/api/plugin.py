@@ -1,7 +1,7 @@
 """A protocol as a plug-in: what create_app and the middleware need to know of it, and nothing else.
 
 Each protocol package (native, openai, kserve, kserve_grpc) exposes one Protocol, and service.api.protocols lists
-them: adding a protocol is a package plus one line there. create_app includes each protocol's routers
+them: adding a protocol is a package plus one line there. create_app puts each protocol's routes on the app
 and makes its app-wide state (app.state.<name>) with the protocol's own factory; the middleware asks
 the protocols which one owns a path (for the error shape of the answers it writes itself), whether a
 path runs the model (refused while draining), whether it changes the server (needs an admin key) and
