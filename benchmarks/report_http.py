@@ -74,15 +74,20 @@ def tracing_report(results: dict) -> list[str]:
         + ".",
         "",
         "| clients | tracing off req/s | on req/s | on / off | 10% sampled req/s | none sampled req/s | access log off "
-        "req/s | off p99 ms | on p99 ms | loop µs/request off | on |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "req/s | off p99 ms | on p99 ms | loop µs/request off | on | 10% | none |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def loop(p: dict | None) -> str:
+        return f"{p['loop_us_per_request']:.0f}" if p is not None and "loop_us_per_request" in p else ""
+
     for i, (a, b, s, c) in enumerate(zip(off, on, sampled, quiet, strict=True)):
-        u = f"{unsampled[i]['rps']:.0f}" if unsampled is not None else ""
+        n = unsampled[i] if unsampled is not None else None
+        u = f"{n['rps']:.0f}" if n is not None else ""
         out.append(
             f"| {a['concurrency']} | {a['rps']:.0f} | {b['rps']:.0f} | {b['rps'] / a['rps']:.0%} | {s['rps']:.0f} | "
-            f"{u} | {c['rps']:.0f} | {a['p99_ms']:.1f} | {b['p99_ms']:.1f} | {a.get('loop_us_per_request', 0):.0f} | "
-            f"{b.get('loop_us_per_request', 0):.0f} |"
+            f"{u} | {c['rps']:.0f} | {a['p99_ms']:.1f} | {b['p99_ms']:.1f} | {loop(a)} | {loop(b)} | {loop(s)} | "
+            f"{loop(n)} |"
         )
     return [*out, ""]
 
